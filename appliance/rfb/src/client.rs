@@ -144,6 +144,23 @@ impl RawDecoder {
     }
 }
 
+/// Counters for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Bytes fed to the client.
+    pub bytes_received: u64,
+    /// FramebufferUpdates completed.
+    pub updates: u64,
+    /// Raw rectangles.
+    pub raw_rects: u64,
+    /// CopyRect rectangles.
+    pub copy_rects: u64,
+    /// Hextile rectangles.
+    pub hextile_rects: u64,
+    /// ZRLE rectangles.
+    pub zrle_rects: u64,
+}
+
 /// Progress through one FramebufferUpdate.
 #[derive(Debug, Clone, Copy)]
 struct Update {
@@ -181,6 +198,7 @@ pub struct Client {
     screens: Vec<Screen>,
     can_resize: bool,
     clip: Clip,
+    stats: Stats,
 }
 
 impl std::fmt::Debug for Client {
@@ -226,6 +244,7 @@ impl Client {
             screens: Vec::new(),
             can_resize: false,
             clip: Clip::default(),
+            stats: Stats::default(),
         }
     }
 
@@ -244,6 +263,7 @@ impl Client {
             self.pos = 0;
         }
         self.input.extend_from_slice(data);
+        self.stats.bytes_received += u64::try_from(data.len()).unwrap_or(u64::MAX);
     }
 
     /// Parses buffered input until one event is ready and returns it, or
@@ -346,6 +366,11 @@ impl Client {
     /// means it accepts SetDesktopSize.
     pub fn can_resize(&self) -> bool {
         self.can_resize
+    }
+
+    /// Counters: bytes received, updates and rectangles per encoding.
+    pub fn stats(&self) -> Stats {
+        self.stats
     }
 
     /// True once the server has announced Extended Clipboard support:
@@ -712,7 +737,7 @@ impl Client {
                 let count = need!(r.u16());
                 self.pos += r.consumed();
                 if count == 0 {
-                    self.events.push_back(Event::UpdateEnd);
+                    self.end_update();
                 } else {
                     self.update = Some(Update {
                         remaining: count,
@@ -841,8 +866,7 @@ impl Client {
         }
         match encoding {
             ENC_LAST_RECT => {
-                self.update = None;
-                self.events.push_back(Event::UpdateEnd);
+                self.end_update();
                 return Ok(true);
             }
             ENC_DESKTOP_SIZE => {
@@ -883,6 +907,13 @@ impl Client {
                 fb_height: self.fb.height(),
             });
         }
+        let counter = match encoding {
+            ENC_RAW => &mut self.stats.raw_rects,
+            ENC_COPY_RECT => &mut self.stats.copy_rects,
+            ENC_HEXTILE => &mut self.stats.hextile_rects,
+            _ => &mut self.stats.zrle_rects,
+        };
+        *counter += 1;
         self.rect = Some(match encoding {
             ENC_RAW => RectDecoder::Raw(RawDecoder {
                 rect,
@@ -902,10 +933,15 @@ impl Client {
         if let Some(u) = self.update.as_mut() {
             u.remaining -= 1;
             if u.remaining == 0 {
-                self.update = None;
-                self.events.push_back(Event::UpdateEnd);
+                self.end_update();
             }
         }
+    }
+
+    fn end_update(&mut self) {
+        self.update = None;
+        self.stats.updates += 1;
+        self.events.push_back(Event::UpdateEnd);
     }
 
     fn complete_rect(&mut self, events: Vec<Event>) -> Result<bool, RfbError> {

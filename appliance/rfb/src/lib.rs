@@ -125,7 +125,7 @@ mod testenc;
 mod tests;
 
 pub use auth::vnc_password_file;
-pub use client::{Client, ProtocolVersion};
+pub use client::{Client, ProtocolVersion, Stats};
 pub use config::{Config, Encoding, Limits};
 pub use error::{RequestError, RfbError};
 pub use event::{DesktopSizeStatus, Event, Rect, Screen};

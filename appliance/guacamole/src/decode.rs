@@ -25,6 +25,10 @@ pub const DEFAULT_MAX_BUFFER_BYTES: usize = 64 * 1024;
 /// [`DecodeError::LengthTooLarge`]: guacd's `GUAC_INSTRUCTION_MAX_DIGITS`.
 const MIN_LENGTH_DIGITS: usize = 5;
 
+/// The most digits a length prefix may ever have: any number of 19 digits
+/// fits a `u64`, and no element that long fits in memory.
+const MAX_LENGTH_DIGITS: usize = 19;
+
 /// How much one instruction may hold. See [the crate docs](crate#limits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -68,8 +72,8 @@ impl Limits {
         self
     }
 
-    /// The most digits a length prefix may have: 5, as in guacd, or more if
-    /// `max_element_chars` needs more.
+    /// The most digits a length prefix may have: 5, as in guacd, or as many
+    /// as `max_element_chars` needs, up to 19.
     pub fn max_length_digits(&self) -> usize {
         let mut digits = 1;
         let mut n = self.max_element_chars;
@@ -77,7 +81,7 @@ impl Limits {
             n /= 10;
             digits += 1;
         }
-        digits.max(MIN_LENGTH_DIGITS)
+        digits.clamp(MIN_LENGTH_DIGITS, MAX_LENGTH_DIGITS)
     }
 }
 
@@ -110,7 +114,7 @@ pub enum DecodeError {
         /// Stream offset of the `.` ending the length prefix.
         offset: u64,
         /// The declared length.
-        len: usize,
+        len: u64,
         /// The limit.
         limit: usize,
     },
@@ -169,7 +173,7 @@ impl DecodeError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Reading a length prefix: its value and digit count so far.
-    Length { value: usize, digits: usize },
+    Length { value: u64, digits: usize },
     /// Inside an element's value, with this many code points to go.
     Content { remaining: usize },
     /// Right after an element's value: expecting `,` or `;`.
@@ -395,126 +399,173 @@ impl Decoder {
     /// Runs the parser from where it stopped. `Ok(Some(end))` when an
     /// instruction ends (its `;` is at `end - 1`).
     fn advance(&mut self) -> Result<Option<usize>, DecodeError> {
-        let bytes = self.text.as_bytes();
         let limit_end = self.head.saturating_add(self.limits.max_buffer_bytes);
         // The parser never looks beyond the buffer limit of this instruction,
         // so whatever lies past it cannot change the outcome.
-        let avail = bytes.len().min(limit_end);
+        let avail = self.text.len().min(limit_end);
+        let bytes = &self.text.as_bytes()[..avail];
+        let max_digits = self.max_digits;
+        let max_chars = self.limits.max_element_chars;
+        let max_elements = self.limits.max_elements;
         let mut pos = self.pos;
         let mut phase = self.phase;
-        let at = |pos: usize| self.base + to_u64(pos);
+        let mut elements = self.elements;
+        let mut element_start = self.element_start;
+        let mut opcode = self.opcode;
 
-        let result = 'parse: loop {
-            match phase {
+        // Straight through length, value and separator of each element,
+        // entering at the phase where the previous call stopped.
+        let step = 'parse: loop {
+            let remaining = match phase {
                 Phase::Length {
                     mut value,
                     mut digits,
                 } => loop {
-                    let Some(&b) = bytes[..avail].get(pos) else {
+                    let Some(&b) = bytes.get(pos) else {
                         phase = Phase::Length { value, digits };
-                        break 'parse Ok(None);
+                        break 'parse Step::Stall;
                     };
-                    match b {
-                        b'0'..=b'9' => {
-                            digits += 1;
-                            let next = value
-                                .checked_mul(10)
-                                .and_then(|v| v.checked_add(usize::from(b - b'0')));
-                            match next {
-                                Some(v) if digits <= self.max_digits => value = v,
-                                _ => {
-                                    break 'parse Err(DecodeError::LengthTooLarge {
-                                        offset: at(pos),
-                                        max_digits: self.max_digits,
-                                    })
-                                }
+                    let digit = b.wrapping_sub(b'0');
+                    if digit < 10 {
+                        digits += 1;
+                        if digits > max_digits {
+                            break 'parse Step::Fail(Fault::LengthTooLarge, pos);
+                        }
+                        // At most 19 digits: below 10^19, no overflow.
+                        value = value * 10 + u64::from(digit);
+                        pos += 1;
+                    } else if b == b'.' && digits > 0 {
+                        match usize::try_from(value) {
+                            Ok(len) if len <= max_chars => {
+                                pos += 1;
+                                elements += 1;
+                                element_start = pos;
+                                break len;
                             }
-                            pos += 1;
+                            _ => break 'parse Step::Fail(Fault::ElementTooLong(value), pos),
                         }
-                        b'.' if digits > 0 => {
-                            if value > self.limits.max_element_chars {
-                                break 'parse Err(DecodeError::ElementTooLong {
-                                    offset: at(pos),
-                                    len: value,
-                                    limit: self.limits.max_element_chars,
-                                });
-                            }
-                            pos += 1;
-                            self.elements += 1;
-                            self.element_start = pos;
-                            phase = Phase::Content { remaining: value };
-                            break;
-                        }
-                        _ => {
-                            break 'parse Err(DecodeError::InvalidLength {
-                                offset: at(pos),
-                                found: char_at(&self.text, pos),
-                            })
-                        }
+                    } else {
+                        break 'parse Step::Fail(Fault::InvalidLength, pos);
                     }
                 },
-                Phase::Content { remaining } => {
-                    let (end, left) = skip_chars(bytes, pos, avail, remaining);
-                    pos = end;
-                    if left > 0 {
-                        phase = Phase::Content { remaining: left };
-                        break 'parse Ok(None);
+                Phase::Content { remaining } => remaining,
+                Phase::Separator => 0,
+            };
+            if remaining > 0 {
+                match pos.checked_add(remaining) {
+                    Some(end) if end <= avail && is_ascii(&bytes[pos..end]) => pos = end,
+                    _ => {
+                        let (end, left) = skip_chars(bytes, pos, remaining);
+                        pos = end;
+                        if left > 0 {
+                            phase = Phase::Content { remaining: left };
+                            break 'parse Step::Stall;
+                        }
                     }
-                    if self.elements == 1 {
-                        self.opcode = (self.element_start, pos);
-                    }
-                    phase = Phase::Separator;
                 }
-                Phase::Separator => match bytes[..avail].get(pos) {
-                    None => break 'parse Ok(None),
-                    Some(b';') => {
-                        pos += 1;
-                        phase = START;
-                        break 'parse Ok(Some(pos));
+            }
+            if elements == 1 {
+                opcode = (element_start, pos);
+            }
+            match bytes.get(pos) {
+                Some(b',') => {
+                    if elements >= max_elements {
+                        break 'parse Step::Fail(Fault::TooManyElements, pos);
                     }
-                    Some(b',') => {
-                        if self.elements >= self.limits.max_elements {
-                            break 'parse Err(DecodeError::TooManyElements {
-                                offset: at(pos),
-                                limit: self.limits.max_elements,
-                            });
-                        }
-                        pos += 1;
-                        phase = START;
-                    }
-                    Some(_) => {
-                        break 'parse Err(DecodeError::UnexpectedSeparator {
-                            offset: at(pos),
-                            found: char_at(&self.text, pos),
-                        })
-                    }
-                },
+                    pos += 1;
+                    phase = START;
+                }
+                Some(b';') => {
+                    pos += 1;
+                    phase = START;
+                    break 'parse Step::Done;
+                }
+                Some(_) => break 'parse Step::Fail(Fault::UnexpectedSeparator, pos),
+                None => {
+                    phase = Phase::Separator;
+                    break 'parse Step::Stall;
+                }
             }
         };
         self.pos = pos;
         self.phase = phase;
-        match result {
-            Ok(None) => {
-                // Stalled: needs the byte at `avail` (or a character crossing
-                // it). Past the limit that is an overflow as soon as any byte
-                // is there; otherwise invalid UTF-8 there is the error.
-                let len = bytes.len();
-                let beyond =
-                    len > limit_end || (len == limit_end && (self.tail_len > 0 || self.utf8_error));
-                if avail == limit_end && beyond {
-                    Err(DecodeError::BufferOverflow {
-                        offset: at(limit_end),
-                        limit: self.limits.max_buffer_bytes,
-                    })
-                } else if self.utf8_error {
-                    Err(DecodeError::InvalidUtf8 { offset: at(len) })
-                } else {
-                    Ok(None)
-                }
-            }
-            other => other,
+        self.elements = elements;
+        self.element_start = element_start;
+        self.opcode = opcode;
+        match step {
+            Step::Done => Ok(Some(pos)),
+            Step::Stall => self.stalled(limit_end),
+            Step::Fail(fault, at) => Err(self.fault(fault, at)),
         }
     }
+
+    /// The parser needs the byte at `min(text.len(), limit_end)` (or a
+    /// character crossing it). Past the limit that is an overflow as soon as
+    /// any byte is there; before it, invalid UTF-8 there is the error.
+    fn stalled(&self, limit_end: usize) -> Result<Option<usize>, DecodeError> {
+        let len = self.text.len();
+        let beyond =
+            len > limit_end || (len == limit_end && (self.tail_len > 0 || self.utf8_error));
+        if beyond {
+            Err(DecodeError::BufferOverflow {
+                offset: self.base + to_u64(limit_end),
+                limit: self.limits.max_buffer_bytes,
+            })
+        } else if self.utf8_error {
+            Err(DecodeError::InvalidUtf8 {
+                offset: self.base + to_u64(len),
+            })
+        } else {
+            Ok(None)
+        }
+    }
+
+    #[cold]
+    fn fault(&self, fault: Fault, pos: usize) -> DecodeError {
+        let offset = self.base + to_u64(pos);
+        match fault {
+            Fault::InvalidLength => DecodeError::InvalidLength {
+                offset,
+                found: char_at(&self.text, pos),
+            },
+            Fault::LengthTooLarge => DecodeError::LengthTooLarge {
+                offset,
+                max_digits: self.max_digits,
+            },
+            Fault::ElementTooLong(len) => DecodeError::ElementTooLong {
+                offset,
+                len,
+                limit: self.limits.max_element_chars,
+            },
+            Fault::TooManyElements => DecodeError::TooManyElements {
+                offset,
+                limit: self.limits.max_elements,
+            },
+            Fault::UnexpectedSeparator => DecodeError::UnexpectedSeparator {
+                offset,
+                found: char_at(&self.text, pos),
+            },
+        }
+    }
+}
+
+/// How a run of the parser ended.
+enum Step {
+    /// An instruction ended; the parser stands after its `;`.
+    Done,
+    /// More bytes are needed.
+    Stall,
+    /// This fault, at this position in `text`.
+    Fail(Fault, usize),
+}
+
+/// A [`DecodeError`] before it knows its offset and details.
+enum Fault {
+    InvalidLength,
+    LengthTooLarge,
+    ElementTooLong(u64),
+    TooManyElements,
+    UnexpectedSeparator,
 }
 
 /// A whole instruction in the decoder's buffer: its exact bytes as received
@@ -624,7 +675,10 @@ impl<'a> Iterator for Args<'a> {
                 .saturating_add(usize::from(b.wrapping_sub(b'0')));
         }
         let start = self.pos;
-        let (end, _) = skip_chars(bytes, start, bytes.len(), len);
+        let (end, _) = match start.checked_add(len) {
+            Some(end) if end <= bytes.len() && is_ascii(&bytes[start..end]) => (end, 0),
+            _ => skip_chars(bytes, start, len),
+        };
         self.pos = end + 1;
         self.text.get(start..end)
     }
@@ -687,18 +741,22 @@ fn ascii_prefix_len(s: &[u8]) -> usize {
     n
 }
 
-/// Skips up to `remaining` code points of valid UTF-8 from `pos`, reading no
-/// further than `avail` and never splitting a character. Returns the new
-/// position and the code points still to skip.
+/// Whether `s` is all ASCII: a plain loop for the short values of drawing
+/// instructions, std's word-at-a-time check for long ones (`blob` data).
 #[inline]
-fn skip_chars(bytes: &[u8], mut pos: usize, avail: usize, mut remaining: usize) -> (usize, usize) {
-    // Fast path: the whole value is here and ASCII (base64 `blob` data), so
-    // its code points are its bytes.
-    if let Some(end) = pos.checked_add(remaining) {
-        if end <= avail && bytes[pos..end].is_ascii() {
-            return (end, 0);
-        }
+fn is_ascii(s: &[u8]) -> bool {
+    if s.len() <= 16 {
+        s.iter().all(u8::is_ascii)
+    } else {
+        s.is_ascii()
     }
+}
+
+/// Skips up to `remaining` code points of valid UTF-8 from `pos`, never
+/// splitting a character at the end of `bytes`. Returns the new position and
+/// the code points still to skip.
+fn skip_chars(bytes: &[u8], mut pos: usize, mut remaining: usize) -> (usize, usize) {
+    let avail = bytes.len();
     while remaining > 0 && pos < avail {
         let b = bytes[pos];
         if b.is_ascii() {
@@ -990,6 +1048,19 @@ mod tests {
         limits.max_element_chars = 1_000_000;
         assert_eq!(limits.max_length_digits(), 7);
         check_with(limits, b"0000004.ping;", &[ins("ping", &[])], End::Clean);
+        // No limit at all still bounds the digits (19: no overflow).
+        let limits = Limits::default().with_max_element_chars(usize::MAX);
+        assert_eq!(limits.max_length_digits(), 19);
+        check_with(limits, b"9999999999999999999.abc", &[], End::Incomplete(23));
+        check_with(
+            limits,
+            b"18446744073709551616.",
+            &[],
+            End::Error(DecodeError::LengthTooLarge {
+                offset: 19,
+                max_digits: 19,
+            }),
+        );
     }
 
     #[test]
@@ -1267,9 +1338,11 @@ mod tests {
         s.push(0xC3);
         assert_eq!(ascii_prefix_len(&s), 130);
         let text = "ab日😀c".as_bytes();
-        assert_eq!(skip_chars(text, 0, text.len(), 4), (9, 0));
-        assert_eq!(skip_chars(text, 0, 4, 4), (2, 2));
-        assert_eq!(skip_chars(text, 0, 5, 4), (5, 1));
-        assert_eq!(skip_chars(text, 0, text.len(), 9), (10, 4));
+        assert_eq!(skip_chars(text, 0, 4), (9, 0));
+        assert_eq!(skip_chars(&text[..4], 0, 4), (2, 2));
+        assert_eq!(skip_chars(&text[..5], 0, 4), (5, 1));
+        assert_eq!(skip_chars(text, 0, 9), (10, 4));
+        assert_eq!(skip_chars(text, 2, 1), (5, 0));
+        assert!(is_ascii(b"") && is_ascii(&[b'a'; 40]) && !is_ascii("aé".as_bytes()));
     }
 }

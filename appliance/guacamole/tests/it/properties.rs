@@ -197,7 +197,7 @@ proptest! {
             prop_assert_eq!(out.end, End::Clean);
             prop_assert_eq!(&out.instructions[0].owned, &stream[0]);
         } else {
-            let expected = DecodeError::ElementTooLong { offset: 15, len: chars.len(), limit: 8192 };
+            let expected = DecodeError::ElementTooLong { offset: 15, len: chars.len() as u64, limit: 8192 };
             prop_assert_eq!(out.end, End::Failed(expected));
         }
     }

@@ -216,10 +216,12 @@ pub struct Decoder {
     phase: Phase,
     /// Elements of the current instruction whose length has been read.
     elements: usize,
-    /// Start of the current element's value.
-    element_start: usize,
-    /// The current instruction's opcode, once read.
-    opcode: (usize, usize),
+    /// `text[ascii_start..ascii_end]` is all ASCII, so a value inside it
+    /// has as many code points as bytes. Kept up by `push` while the run
+    /// reaches the end of `text`, and re-anchored by the parser after it
+    /// passes a non-ASCII character.
+    ascii_start: usize,
+    ascii_end: usize,
     /// The first bytes of a UTF-8 sequence cut off by the end of a push.
     tail: [u8; 4],
     tail_len: usize,
@@ -252,8 +254,8 @@ impl Decoder {
             pos: 0,
             phase: START,
             elements: 0,
-            element_start: 0,
-            opcode: (0, 0),
+            ascii_start: 0,
+            ascii_end: 0,
             tail: [0; 4],
             tail_len: 0,
             utf8_error: false,
@@ -317,7 +319,12 @@ impl Decoder {
         }
         let (body, rest) = bytes.split_at(incomplete_suffix_start(bytes));
         match std::str::from_utf8(body) {
-            Ok(s) => self.text.push_str(s),
+            Ok(s) => {
+                if self.ascii_end == self.text.len() {
+                    self.ascii_end += ascii_prefix_len(body);
+                }
+                self.text.push_str(s);
+            }
             Err(e) => {
                 if let Ok(valid) = std::str::from_utf8(&body[..e.valid_up_to()]) {
                     self.text.push_str(valid);
@@ -350,13 +357,12 @@ impl Decoder {
             Ok(Some(end)) => {
                 let start = self.head;
                 self.head = end;
-                let (op_start, op_end) = self.opcode;
                 let elements = self.elements;
                 self.elements = 0;
                 Ok(Some(RawInstruction {
                     text: &self.text[start..end],
                     offset: self.base + to_u64(start),
-                    opcode: (op_start.saturating_sub(start), op_end.saturating_sub(start)),
+                    opcode: element_at(&self.text.as_bytes()[start..end], 0),
                     elements,
                 }))
             }
@@ -389,11 +395,8 @@ impl Decoder {
         self.base += to_u64(head);
         self.head = 0;
         self.pos -= head;
-        self.element_start = self.element_start.saturating_sub(head);
-        self.opcode = (
-            self.opcode.0.saturating_sub(head),
-            self.opcode.1.saturating_sub(head),
-        );
+        self.ascii_start = self.ascii_start.saturating_sub(head);
+        self.ascii_end = self.ascii_end.saturating_sub(head);
     }
 
     /// Runs the parser from where it stopped. `Ok(Some(end))` when an
@@ -410,8 +413,8 @@ impl Decoder {
         let mut pos = self.pos;
         let mut phase = self.phase;
         let mut elements = self.elements;
-        let mut element_start = self.element_start;
-        let mut opcode = self.opcode;
+        let mut ascii_start = self.ascii_start;
+        let mut ascii_end = self.ascii_end;
 
         // Straight through length, value and separator of each element,
         // entering at the phase where the previous call stopped.
@@ -439,7 +442,6 @@ impl Decoder {
                             Ok(len) if len <= max_chars => {
                                 pos += 1;
                                 elements += 1;
-                                element_start = pos;
                                 break len;
                             }
                             _ => break 'parse Step::Fail(Fault::ElementTooLong(value), pos),
@@ -453,19 +455,21 @@ impl Decoder {
             };
             if remaining > 0 {
                 match pos.checked_add(remaining) {
-                    Some(end) if end <= avail && is_ascii(&bytes[pos..end]) => pos = end,
+                    // Inside the known ASCII run: code points are bytes.
+                    Some(end) if pos >= ascii_start && end <= ascii_end.min(avail) => pos = end,
                     _ => {
                         let (end, left) = skip_chars(bytes, pos, remaining);
                         pos = end;
+                        // Re-anchor the ASCII run here, past whatever
+                        // non-ASCII character stopped the old one.
+                        ascii_start = pos;
+                        ascii_end = pos + ascii_prefix_len(&self.text.as_bytes()[pos..]);
                         if left > 0 {
                             phase = Phase::Content { remaining: left };
                             break 'parse Step::Stall;
                         }
                     }
                 }
-            }
-            if elements == 1 {
-                opcode = (element_start, pos);
             }
             match bytes.get(pos) {
                 Some(b',') => {
@@ -490,8 +494,8 @@ impl Decoder {
         self.pos = pos;
         self.phase = phase;
         self.elements = elements;
-        self.element_start = element_start;
-        self.opcode = opcode;
+        self.ascii_start = ascii_start;
+        self.ascii_end = ascii_end;
         match step {
             Step::Done => Ok(Some(pos)),
             Step::Stall => self.stalled(limit_end),
@@ -661,24 +665,7 @@ impl<'a> Iterator for Args<'a> {
             return None;
         }
         self.left -= 1;
-        // The decoder validated the instruction: digits, '.', value, separator.
-        let bytes = self.text.as_bytes();
-        let mut len = 0usize;
-        loop {
-            let b = *bytes.get(self.pos)?;
-            self.pos += 1;
-            if b == b'.' {
-                break;
-            }
-            len = len
-                .saturating_mul(10)
-                .saturating_add(usize::from(b.wrapping_sub(b'0')));
-        }
-        let start = self.pos;
-        let (end, _) = match start.checked_add(len) {
-            Some(end) if end <= bytes.len() && is_ascii(&bytes[start..end]) => (end, 0),
-            _ => skip_chars(bytes, start, len),
-        };
+        let (start, end) = element_at(self.text.as_bytes(), self.pos);
         self.pos = end + 1;
         self.text.get(start..end)
     }
@@ -689,6 +676,26 @@ impl<'a> Iterator for Args<'a> {
 }
 
 impl ExactSizeIterator for Args<'_> {}
+
+/// The value of the element whose length prefix starts at `pos`, in an
+/// instruction the decoder has validated: `(start, end)` of the value.
+fn element_at(bytes: &[u8], mut pos: usize) -> (usize, usize) {
+    let mut len = 0usize;
+    while let Some(&b) = bytes.get(pos) {
+        pos += 1;
+        if b == b'.' {
+            break;
+        }
+        len = len
+            .saturating_mul(10)
+            .saturating_add(usize::from(b.wrapping_sub(b'0')));
+    }
+    let end = match pos.checked_add(len) {
+        Some(end) if end <= bytes.len() && is_ascii(&bytes[pos..end]) => end,
+        _ => skip_chars(bytes, pos, len).0,
+    };
+    (pos, end)
+}
 
 fn to_u64(n: usize) -> u64 {
     // usize is at most 64 bits on every target Rust supports.

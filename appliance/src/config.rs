@@ -1,0 +1,560 @@
+//! The appliance's TOML configuration.
+//!
+//! Every key but the fixed ones has a default that works on the embedded
+//! default (local backend, SQLite). Unknown keys and bad values are errors
+//! that name the key, the file and the line ([`ConfigError`]).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+
+/// The installed default location.
+pub const DEFAULT_PATH: &str = "/etc/daas/appliance.toml";
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has a bad key or value.
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The HTTP(S) listener.
+    pub server: Server,
+    /// The SQLite store.
+    pub store: StoreConfig,
+    /// Where state lives.
+    pub paths: Paths,
+    /// The Guacamole gateway.
+    pub gateway: Gateway,
+    /// Logins and sessions.
+    pub auth: Auth,
+    /// Per-user limits.
+    pub limits: Limits,
+    /// The job engine.
+    pub jobs: Jobs,
+    /// The reconciler.
+    pub reconciler: Reconciler,
+    /// Logging.
+    pub log: Log,
+    /// The backends.
+    pub backends: Backends,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// `HOST:PORT` to listen on (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// `auto` (a configured certificate if given, else self-signed made on
+    /// first start) or `off` (plain HTTP).
+    pub tls: TlsMode,
+    /// PEM certificate chain.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    pub tls_key: Option<PathBuf>,
+    /// Allow plain HTTP on a non-loopback address.
+    pub insecure_http: bool,
+    /// The URL users reach the portal at (printed, and trusted as Origin).
+    pub public_url: Option<String>,
+    /// More origins trusted for cookie-authenticated writes.
+    pub trusted_origins: Vec<String>,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Seconds allowed to drain on shutdown.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            tls: TlsMode::Auto,
+            tls_cert: None,
+            tls_key: None,
+            insecure_http: false,
+            public_url: None,
+            trusted_origins: Vec::new(),
+            max_body_bytes: 1 << 20,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+/// TLS mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// The configured certificate, or a self-signed one.
+    Auto,
+    /// Plain HTTP.
+    Off,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The database file; default `<state_dir>/daas.db`.
+    pub path: Option<PathBuf>,
+}
+
+/// `[paths]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Paths {
+    /// Where the appliance keeps its state.
+    pub state_dir: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            state_dir: PathBuf::from("/var/lib/daas"),
+        }
+    }
+}
+
+/// `[gateway]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gateway {
+    /// `builtin` or `guacd`.
+    pub engine: Engine,
+    /// guacd's `HOST:PORT`.
+    pub guacd: String,
+    /// Speak TLS to guacd.
+    pub guacd_tls: bool,
+    /// Seconds a tunnel may stay silent before it is closed.
+    pub idle_timeout_secs: u64,
+    /// Seconds a connect ticket stays valid.
+    pub ticket_ttl_secs: u64,
+}
+
+impl Default for Gateway {
+    fn default() -> Self {
+        Gateway {
+            engine: Engine::Builtin,
+            guacd: "127.0.0.1:4822".into(),
+            guacd_tls: false,
+            idle_timeout_secs: 900,
+            ticket_ttl_secs: 30,
+        }
+    }
+}
+
+/// The gateway engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// The built-in VNC engine.
+    Builtin,
+    /// Relay to guacd.
+    Guacd,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Seconds of inactivity after which a session ends.
+    pub session_idle_secs: i64,
+    /// Seconds after login after which a session ends regardless.
+    pub session_absolute_secs: i64,
+    /// Failed logins allowed per user name and per client address in a window.
+    pub login_max_failures: u32,
+    /// The throttling window in seconds.
+    pub login_window_secs: u64,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            session_idle_secs: 30 * 60,
+            session_absolute_secs: 12 * 3600,
+            login_max_failures: 5,
+            login_window_secs: 300,
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Environments a user may own.
+    pub environments_per_user: u32,
+    /// Live instances a user may have at once.
+    pub instances_per_user: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            environments_per_user: 1,
+            instances_per_user: 8,
+        }
+    }
+}
+
+/// `[jobs]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Jobs {
+    /// Jobs run at once.
+    pub workers: usize,
+    /// Attempts of a step whose backend error is retryable.
+    pub max_attempts: u32,
+    /// First retry delay in milliseconds (doubling).
+    pub retry_backoff_ms: u64,
+}
+
+impl Default for Jobs {
+    fn default() -> Self {
+        Jobs {
+            workers: 8,
+            max_attempts: 3,
+            retry_backoff_ms: 250,
+        }
+    }
+}
+
+/// `[reconciler]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Reconciler {
+    /// Seconds between passes (0 disables).
+    pub interval_secs: u64,
+}
+
+impl Default for Reconciler {
+    fn default() -> Self {
+        Reconciler { interval_secs: 30 }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `daas_appliance=debug`.
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[backends]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Backends {
+    /// `[backends.local]`.
+    pub local: LocalBackend,
+}
+
+/// `[backends.local]`: desktops as sandboxed Xvnc sessions on this machine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalBackend {
+    /// Whether the backend is on.
+    pub enabled: bool,
+    /// The Xvnc binary.
+    pub xvnc: String,
+    /// The bubblewrap binary that sandboxes each session.
+    pub bwrap: String,
+    /// The user sessions run as when the appliance itself runs as root.
+    pub run_as: String,
+    /// Default desktop size.
+    pub geometry: Geometry,
+    /// Give sessions the host's network (`host`) or none (`none`).
+    pub network: Network,
+    /// Seconds to wait for a session's display.
+    pub start_timeout_secs: u64,
+    /// The skeleton copied into a new Baseimage's home.
+    pub skeleton: PathBuf,
+}
+
+impl Default for LocalBackend {
+    fn default() -> Self {
+        LocalBackend {
+            enabled: true,
+            xvnc: "Xvnc".into(),
+            bwrap: "bwrap".into(),
+            run_as: "nobody".into(),
+            geometry: Geometry {
+                width: 1280,
+                height: 800,
+            },
+            network: Network::None,
+            start_timeout_secs: 15,
+            skeleton: PathBuf::from("/etc/skel"),
+        }
+    }
+}
+
+/// Session network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// No network at all (own namespace with loopback only).
+    None,
+    /// The host's network.
+    Host,
+}
+
+/// A desktop size `WIDTHxHEIGHT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Width in pixels.
+    pub width: u16,
+    /// Height in pixels.
+    pub height: u16,
+}
+
+impl std::str::FromStr for Geometry {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid geometry {s:?}: expected WIDTHxHEIGHT, each 64 to 8192");
+        let (w, h) = s.split_once('x').ok_or_else(bad)?;
+        let w: u16 = w.parse().map_err(|_| bad())?;
+        let h: u16 = h.parse().map_err(|_| bad())?;
+        if !(64..=8192).contains(&w) || !(64..=8192).contains(&h) {
+            return Err(bad());
+        }
+        Ok(Geometry { width: w, height: h })
+    }
+}
+
+impl fmt::Display for Geometry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}", self.width, self.height)
+    }
+}
+
+impl<'de> Deserialize<'de> for Geometry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Config {
+    /// Loads and validates a file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Parses and validates TOML text; `path` is used in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or((1, 1));
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        cfg.validate(text, path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let err = |key: &str, message: String| {
+            let (line, column) = find_key(text, key);
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                column,
+                message: format!("{key}: {message}"),
+            })
+        };
+        let s = &self.server;
+        if s.tls == TlsMode::Off && !s.listen.ip().is_loopback() && !s.insecure_http {
+            return err(
+                "listen",
+                format!(
+                    "plain HTTP on the non-loopback address {} is refused; enable TLS or set insecure_http = true",
+                    s.listen
+                ),
+            );
+        }
+        if s.tls_cert.is_some() != s.tls_key.is_some() {
+            return err("tls_cert", "tls_cert and tls_key must be given together".into());
+        }
+        if s.max_body_bytes < 1024 {
+            return err("max_body_bytes", "must be at least 1024".into());
+        }
+        if self.gateway.engine == Engine::Guacd && self.gateway.guacd.trim().is_empty() {
+            return err("guacd", "the guacd engine needs guacd = \"HOST:PORT\"".into());
+        }
+        if self.gateway.ticket_ttl_secs == 0 || self.gateway.ticket_ttl_secs > 600 {
+            return err("ticket_ttl_secs", "must be between 1 and 600".into());
+        }
+        if self.auth.session_idle_secs <= 0 || self.auth.session_absolute_secs <= 0 {
+            return err("session_idle_secs", "session lifetimes must be positive".into());
+        }
+        if self.jobs.workers == 0 || self.jobs.workers > 256 {
+            return err("workers", "must be between 1 and 256".into());
+        }
+        if self.jobs.max_attempts == 0 {
+            return err("max_attempts", "must be at least 1".into());
+        }
+        if !self.paths.state_dir.is_absolute() {
+            return err("state_dir", "must be an absolute path".into());
+        }
+        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+            return err("level", format!("invalid log filter {:?}", self.log.level));
+        }
+        Ok(())
+    }
+
+    /// The database file.
+    pub fn store_path(&self) -> PathBuf {
+        self.store
+            .path
+            .clone()
+            .unwrap_or_else(|| self.paths.state_dir.join("daas.db"))
+    }
+
+    /// Whether the listener speaks TLS.
+    pub fn tls_enabled(&self) -> bool {
+        self.server.tls == TlsMode::Auto
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// The line of the first `key =` assignment, for errors found after parsing.
+fn find_key(text: &str, key: &str) -> (usize, usize) {
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim_start();
+        if let Some(rest) = t.strip_prefix(key) {
+            if rest.trim_start().starts_with('=') {
+                return (i + 1, l.len() - t.len() + 1);
+            }
+        }
+    }
+    (1, 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("/etc/daas/appliance.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_working_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(c.gateway.engine, Engine::Builtin);
+        assert_eq!(c.limits.environments_per_user, 1);
+        assert_eq!(c.store_path(), PathBuf::from("/var/lib/daas/daas.db"));
+    }
+
+    #[test]
+    fn fixed_keys_parse() {
+        let c = parse(
+            "[server]\nlisten = \"0.0.0.0:443\"\n[store]\npath = \"/tmp/x.db\"\n[gateway]\nengine = \"guacd\"\nguacd = \"10.0.0.1:4822\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.port(), 443);
+        assert_eq!(c.gateway.engine, Engine::Guacd);
+        assert_eq!(c.store_path(), PathBuf::from("/tmp/x.db"));
+    }
+
+    #[test]
+    fn errors_name_key_file_and_line() {
+        let cases: &[(&str, usize, &str)] = &[
+            ("[server]\nlisten = \"127.0.0.1:1\"\nlisten_typo = 1\n", 3, "listen_typo"),
+            ("\n[gateway]\nengine = \"rdp\"\n", 3, "rdp"),
+            ("[server]\nlisten = \"nonsense\"\n", 2, "socket address"),
+            ("[nope]\n", 1, "nope"),
+            ("[limits]\nenvironments_per_user = -1\n", 2, "environments_per_user"),
+            ("[backends.local]\ngeometry = \"10x10\"\n", 2, "geometry"),
+            ("[server]\nlisten = \"0.0.0.0:80\"\ntls = \"off\"\n", 2, "insecure_http"),
+            ("[jobs]\nworkers = 0\n", 2, "workers"),
+            ("[server\n", 1, ""),
+        ];
+        for (text, line, needle) in cases {
+            match parse(text) {
+                Err(ConfigError::Invalid {
+                    path,
+                    line: l,
+                    message,
+                    ..
+                }) => {
+                    assert_eq!(path, Path::new("/etc/daas/appliance.toml"));
+                    assert_eq!(l, *line, "{text:?}: {message}");
+                    assert!(message.contains(needle), "{text:?}: {message}");
+                }
+                other => panic!("{text:?}: expected an error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn plain_http_on_non_loopback_needs_opt_in() {
+        parse("[server]\nlisten = \"0.0.0.0:80\"\ntls = \"off\"\ninsecure_http = true\n").unwrap();
+        parse("[server]\nlisten = \"127.0.0.1:80\"\ntls = \"off\"\n").unwrap();
+    }
+}

@@ -1664,3 +1664,33 @@ proptest! {
         let _ = run(&mut c, &s.bytes);
     }
 }
+
+/// Found by the fuzzer: valid ZRLE tiles followed, inside the same
+/// rectangle, by bytes that inflate to extra data and then fail. zlib used
+/// to see different slices depending on how the input was split, giving
+/// different errors; it is now always fed the same slices.
+#[test]
+fn zrle_errors_do_not_depend_on_the_split() {
+    let tail = unhex(concat!(
+        "000000020000000000400030000000100000000c789c620c331102000000ffff",
+        "000000000000000200000010000000136a620000006460606260686466606c60",
+        "0500005bffff00000000100000000002000000100000000b6282701604060000",
+        "000000",
+    ));
+    let mut input = Server::connected(64, 48).bytes;
+    input.extend_from_slice(&tail);
+    let mut whole = Client::new(config());
+    let expect = run(&mut whole, &input);
+    let expect_err = expect.error.as_ref().map(ToString::to_string);
+    assert!(expect_err.is_some(), "{:?}", expect.events);
+    for chunk in 1..=40 {
+        let mut c = Client::new(config());
+        let got = run_chunks(&mut c, input.chunks(chunk));
+        assert_eq!(got.events, expect.events, "chunk {chunk}");
+        assert_eq!(
+            got.error.as_ref().map(ToString::to_string),
+            expect_err,
+            "chunk {chunk}"
+        );
+    }
+}

@@ -17,6 +17,8 @@ use crate::RfbError;
 const TILE: u16 = 64;
 /// Inflate at most this much per call.
 const CHUNK: usize = 32 * 1024;
+/// Hand zlib this many compressed bytes per call.
+const FEED: usize = 16 * 1024;
 /// Worst-case inflated size of one 64×64 tile: subencoding byte, a
 /// 127-entry palette of 3-byte CPIXELs, then plain RLE of single-pixel runs
 /// (3 + 1 bytes per pixel).
@@ -69,6 +71,10 @@ impl ZrleDecoder {
     /// Consumes compressed bytes from `input` and decodes whole tiles.
     /// Returns the bytes used and, when the rectangle is complete, its
     /// events.
+    ///
+    /// zlib is always handed the same slices, `FEED` bytes (or what is left
+    /// of the rectangle) at a time, whatever chunks the input arrived in, so
+    /// results, errors included, never depend on how the stream was split.
     pub(crate) fn step(
         &mut self,
         input: &[u8],
@@ -99,47 +105,56 @@ impl ZrleDecoder {
             self.inflated.drain(..self.inflated_pos);
             self.inflated_pos = 0;
             if self.inflated.len() >= MAX_TILE_BYTES {
-                // Cannot happen for a well-formed tile: decode_tile bounds
-                // every tile below MAX_TILE_BYTES.
+                // Cannot happen for a well-formed tile: every tile is
+                // shorter than MAX_TILE_BYTES.
                 return Err(RfbError::BadZrle("tile larger than possible"));
             }
-            let avail = self.available(input, used);
-            let (consumed, produced) = self.inflate(&input[used..used + avail], zlib)?;
-            used += consumed;
-            if consumed == 0 && produced == 0 {
-                if self.compressed_left == 0 {
-                    return Err(RfbError::BadZrle("zlib data ends inside a tile"));
-                }
-                if avail > 0 {
-                    return Err(RfbError::BadZrle("zlib stream makes no progress"));
-                }
+            let Some((consumed, produced)) = self.inflate_step(input, &mut used, zlib)? else {
                 return Ok((used, None));
+            };
+            if consumed == 0 && produced == 0 {
+                return Err(if self.compressed_left == 0 {
+                    RfbError::BadZrle("zlib data ends inside a tile")
+                } else {
+                    RfbError::BadZrle("zlib stream makes no progress")
+                });
             }
         }
     }
 
-    fn available(&self, input: &[u8], used: usize) -> usize {
+    /// Hands zlib the next `FEED` bytes of the rectangle (fewer at its end,
+    /// none once all are given, to collect pending output) and appends up
+    /// to `CHUNK` inflated bytes. `None` if those bytes have not arrived.
+    /// Returns (compressed consumed, inflated produced).
+    fn inflate_step(
+        &mut self,
+        input: &[u8],
+        used: &mut usize,
+        zlib: &mut Decompress,
+    ) -> Result<Option<(usize, usize)>, RfbError> {
         let left = usize::try_from(self.compressed_left).unwrap_or(usize::MAX);
-        (input.len() - used).min(left)
-    }
-
-    /// Inflates up to one chunk; returns (compressed consumed, inflated
-    /// produced).
-    fn inflate(&mut self, src: &[u8], zlib: &mut Decompress) -> Result<(usize, usize), RfbError> {
-        self.inflated.reserve(CHUNK);
+        let want = left.min(FEED);
+        if input.len() - *used < want {
+            return Ok(None);
+        }
+        let src = &input[*used..*used + want];
+        let start = self.inflated.len();
+        self.inflated.resize(start + CHUNK, 0);
         let before_in = zlib.total_in();
-        let before_len = self.inflated.len();
-        zlib.decompress_vec(src, &mut self.inflated, FlushDecompress::None)
-            .map_err(RfbError::Zlib)?;
+        let before_out = zlib.total_out();
+        let status = zlib.decompress(src, &mut self.inflated[start..], FlushDecompress::None);
         let consumed = usize::try_from(zlib.total_in() - before_in).unwrap_or(usize::MAX);
-        let produced = self.inflated.len() - before_len;
+        let produced = usize::try_from(zlib.total_out() - before_out).unwrap_or(usize::MAX);
+        self.inflated.truncate(start + produced.min(CHUNK));
+        status.map_err(RfbError::Zlib)?;
         let consumed_u32 =
             u32::try_from(consumed).map_err(|_| RfbError::BadZrle("zlib overrun"))?;
         self.compressed_left = self
             .compressed_left
             .checked_sub(consumed_u32)
             .ok_or(RfbError::BadZrle("zlib overrun"))?;
-        Ok((consumed, produced))
+        *used += consumed;
+        Ok(Some((consumed, produced)))
     }
 
     /// After the last tile: the rest of the rectangle's compressed bytes
@@ -151,12 +166,9 @@ impl ZrleDecoder {
         zlib: &mut Decompress,
     ) -> Result<(usize, Option<Vec<Event>>), RfbError> {
         while self.compressed_left > 0 {
-            let avail = self.available(input, used);
-            if avail == 0 {
+            let Some((consumed, produced)) = self.inflate_step(input, &mut used, zlib)? else {
                 return Ok((used, None));
-            }
-            let (consumed, produced) = self.inflate(&input[used..used + avail], zlib)?;
-            used += consumed;
+            };
             if produced > 0 {
                 return Err(RfbError::BadZrle("more data than the rectangle's tiles"));
             }

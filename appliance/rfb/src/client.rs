@@ -448,8 +448,8 @@ impl Client {
         if self.clip.enabled && flags & (clipboard::ACTION_PROVIDE | clipboard::ACTION_NOTIFY) != 0
         {
             let payload = clipboard::provide_payload(text).ok_or(RequestError::TextTooLong)?;
-            // Size the server compares against: the text with CRLF and NUL.
-            let wire_len = text.len() + text.matches('\n').count() + 1;
+            // The size the server's limit applies to: text with CRLF and NUL.
+            let wire_len = clipboard::wire_text(text).len();
             let fits =
                 u64::try_from(wire_len).unwrap_or(u64::MAX) <= u64::from(self.clip.server_text_max);
             if flags & clipboard::ACTION_PROVIDE != 0

@@ -215,15 +215,21 @@ pub(crate) fn put_action(out: &mut Vec<u8>, action: u32, formats: u32) {
     put_ext(out, &payload);
 }
 
-/// The zlib payload of a provide for `text`: `\r\n` line ends and a
-/// terminating NUL, as the extension requires. `None` if it would not fit
-/// the message's 31-bit length.
-pub(crate) fn provide_payload(text: &str) -> Option<Vec<u8>> {
+/// The text as the extension carries it: `\r\n` line ends and a
+/// terminating NUL.
+pub(crate) fn wire_text(text: &str) -> Vec<u8> {
     let mut data = text
         .replace("\r\n", "\n")
         .replace('\n', "\r\n")
         .into_bytes();
     data.push(0);
+    data
+}
+
+/// The payload of a provide message for `text` (see [`wire_text`]). `None`
+/// if it would not fit the message's 31-bit length.
+pub(crate) fn provide_payload(text: &str) -> Option<Vec<u8>> {
+    let data = wire_text(text);
     let size = u32::try_from(data.len()).ok()?;
     let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
     enc.write_all(&size.to_be_bytes()).ok()?;

@@ -107,6 +107,8 @@
 //! server can be started with `Xvnc -SecurityTypes VncAuth -PasswordFile F`
 //! without running `vncpasswd`.
 
+#![warn(missing_docs)]
+
 mod auth;
 mod client;
 mod clipboard;

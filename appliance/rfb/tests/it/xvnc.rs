@@ -94,6 +94,30 @@ fn xvnc_hextile_and_raw() -> Result<()> {
 }
 
 #[test]
+fn password_file_matches_vncpasswd() -> Result<()> {
+    if !have("vncpasswd") {
+        return Ok(());
+    }
+    for password in ["pw", "password", "s3cret-pw", "exactly8", "Grüße!"] {
+        let mut child = Command::new("vncpasswd")
+            .arg("-f")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(password.as_bytes())?;
+        let out = child.wait_with_output()?;
+        assert!(out.status.success(), "vncpasswd -f failed for {password:?}");
+        assert_eq!(out.stdout, vnc_password_file(password), "{password:?}");
+    }
+    Ok(())
+}
+
+#[test]
 fn xvnc_vnc_auth() -> Result<()> {
     if !have("Xvnc") {
         return Ok(());

@@ -135,6 +135,9 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again.as_slice(), std::slice::from_ref(&d.owned));
     }
     if let End::Failed(e) = &whole.1 {
-        assert!(e.offset() >= offset && e.offset() <= stream.len() as u64, "{e:?}");
+        assert!(
+            e.offset() >= offset && e.offset() <= stream.len() as u64,
+            "{e:?}"
+        );
     }
 });

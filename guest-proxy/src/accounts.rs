@@ -83,13 +83,19 @@ impl Accounts {
             return Some(u.clone());
         }
         let uid: u32 = name_or_uid.parse().ok()?;
-        Some(self.users.iter().find(|u| u.uid == uid).cloned().unwrap_or(User {
-            name: uid.to_string(),
-            uid,
-            gid: uid,
-            home: "/".into(),
-            shell: "/bin/sh".into(),
-        }))
+        Some(
+            self.users
+                .iter()
+                .find(|u| u.uid == uid)
+                .cloned()
+                .unwrap_or(User {
+                    name: uid.to_string(),
+                    uid,
+                    gid: uid,
+                    home: "/".into(),
+                    shell: "/bin/sh".into(),
+                }),
+        )
     }
 
     pub(crate) fn user_by_uid(&self, uid: u32) -> Option<&User> {
@@ -154,7 +160,16 @@ mod tests {
         for ok in ["alice", "_svc", "a-b_9", "x"] {
             assert!(valid_name(ok), "{ok}");
         }
-        for bad in ["", "-rf", "Alice", "a b", "a/b", "../x", "9lives", &"a".repeat(33)] {
+        for bad in [
+            "",
+            "-rf",
+            "Alice",
+            "a b",
+            "a/b",
+            "../x",
+            "9lives",
+            &"a".repeat(33),
+        ] {
             assert!(!valid_name(bad), "{bad}");
         }
     }

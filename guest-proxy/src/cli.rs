@@ -124,7 +124,10 @@ impl Flags {
             }
             let value = match inline {
                 Some(v) => v,
-                None => it.next().cloned().ok_or_else(|| format!("{name} needs a value"))?,
+                None => it
+                    .next()
+                    .cloned()
+                    .ok_or_else(|| format!("{name} needs a value"))?,
             };
             if values.iter().any(|(n, _)| n == name) {
                 return Err(format!("{name} given twice"));
@@ -135,7 +138,10 @@ impl Flags {
     }
 
     fn get(&self, name: &str) -> Option<&str> {
-        self.values.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.values
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -165,7 +171,10 @@ fn report(r: Result<String, install::SetupError>) -> ExitCode {
 
 /// The program's entry point.
 pub fn main() -> ExitCode {
-    let args: Result<Vec<String>, OsString> = std::env::args_os().skip(1).map(OsString::into_string).collect();
+    let args: Result<Vec<String>, OsString> = std::env::args_os()
+        .skip(1)
+        .map(OsString::into_string)
+        .collect();
     let Ok(args) = args else {
         return fail("arguments must be valid UTF-8");
     };
@@ -198,7 +207,10 @@ pub fn main() -> ExitCode {
                 }
             }
         },
-        "install" => match Flags::parse(rest, &["--authorized-key", "--user", "--root", "--allowed-tree"]) {
+        "install" => match Flags::parse(
+            rest,
+            &["--authorized-key", "--user", "--root", "--allowed-tree"],
+        ) {
             Err(e) => fail(&e),
             Ok(f) if f.help => {
                 print!("{INSTALL_HELP}");

@@ -46,8 +46,12 @@ struct Reply {
 
 /// Starts `spec` detached and returns its pid.
 pub(crate) fn launch(spec: &DetachSpec) -> Result<u32, OpError> {
-    let json = serde_json::to_vec(spec)
-        .map_err(|e| OpError::new(ErrorCode::Internal, format!("cannot encode spawn spec: {e}")))?;
+    let json = serde_json::to_vec(spec).map_err(|e| {
+        OpError::new(
+            ErrorCode::Internal,
+            format!("cannot encode spawn spec: {e}"),
+        )
+    })?;
     let exe = Path::new("/proc/self/exe");
     let mut tool = Tool::new(exe, &[HELPER_ARG]);
     tool.stdin = Some(json);
@@ -123,12 +127,18 @@ pub(crate) fn helper_main() -> ExitCode {
 
 fn start(spec: &DetachSpec) -> std::io::Result<u32> {
     let Some(program) = spec.argv.first() else {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty argv"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "empty argv",
+        ));
     };
     nix::unistd::setsid().map_err(std::io::Error::from)?;
     let mut cmd = if spec.delay_ms > 0 {
         let mut c = Command::new("/proc/self/exe");
-        c.arg(DELAYED_ARG).arg(spec.delay_ms.to_string()).arg("--").args(&spec.argv);
+        c.arg(DELAYED_ARG)
+            .arg(spec.delay_ms.to_string())
+            .arg("--")
+            .args(&spec.argv);
         c
     } else {
         let mut c = Command::new(program);

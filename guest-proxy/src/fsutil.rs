@@ -32,7 +32,8 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), Op
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)
             .ctx(format_args!("cannot create {}", tmp.display()))?;
-        f.write_all(data).ctx(format_args!("writing {}", tmp.display()))?;
+        f.write_all(data)
+            .ctx(format_args!("writing {}", tmp.display()))?;
         let (mode, owner) = match &existing {
             Some(m) => (m.mode() & 0o7777, Some((m.uid(), m.gid()))),
             None => (mode, None),

@@ -71,9 +71,13 @@ struct Root {
 
 impl Root {
     fn new(dir: &Path) -> Result<Self, SetupError> {
-        let canon = std::fs::canonicalize(dir).map_err(io_err(format!("root {}", dir.display())))?;
+        let canon =
+            std::fs::canonicalize(dir).map_err(io_err(format!("root {}", dir.display())))?;
         if !canon.is_dir() {
-            return Err(SetupError::Invalid(format!("root {} is not a directory", dir.display())));
+            return Err(SetupError::Invalid(format!(
+                "root {} is not a directory",
+                dir.display()
+            )));
         }
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -129,9 +133,9 @@ impl Root {
     fn load_manifest(&self) -> Result<Option<Manifest>, SetupError> {
         let p = self.path(MANIFEST_PATH);
         match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| SetupError::Invalid(format!("manifest {MANIFEST_PATH} is damaged: {e}"))),
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+                SetupError::Invalid(format!("manifest {MANIFEST_PATH} is damaged: {e}"))
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(format!("reading {MANIFEST_PATH}"))(e)),
         }
@@ -160,7 +164,8 @@ fn dropin(user: &str) -> String {
     s
 }
 
-const UNIT: &str = "# Installed by `daas-guest-proxy install`; removed by `daas-guest-proxy uninstall`.\n\
+const UNIT: &str =
+    "# Installed by `daas-guest-proxy install`; removed by `daas-guest-proxy uninstall`.\n\
 [Unit]\n\
 Description=Generate SSH host keys missing after daas-guest-proxy seal\n\
 Before=ssh.service sshd.service\n\
@@ -186,7 +191,8 @@ pub(crate) fn forced_command_line(key: &str, allowed_tree: Option<&str>) -> Stri
 pub(crate) fn install(opts: &InstallOptions) -> Result<String, SetupError> {
     let (kind, blob) = check_public_key(&opts.authorized_key)?;
     if let Some(t) = &opts.allowed_tree {
-        let ok = t.starts_with('/') && !t.contains(|c: char| c.is_whitespace() || c == '"' || c.is_control());
+        let ok = t.starts_with('/')
+            && !t.contains(|c: char| c.is_whitespace() || c == '"' || c.is_control());
         if !ok {
             return Err(SetupError::Invalid(format!(
                 "--allowed-tree {t:?} must be an absolute path without spaces or quotes"
@@ -240,7 +246,11 @@ pub(crate) fn install(opts: &InstallOptions) -> Result<String, SetupError> {
 
     // 2. sshd drop-in
     root.mkdirs("/etc/ssh/sshd_config.d", 0o755, &mut m.dirs)?;
-    write_atomic(&root.checked(DROPIN_PATH)?, dropin(&user.name).as_bytes(), 0o644)?;
+    write_atomic(
+        &root.checked(DROPIN_PATH)?,
+        dropin(&user.name).as_bytes(),
+        0o644,
+    )?;
     add_file(&mut m, DROPIN_PATH);
     let _ = writeln!(report, "wrote {DROPIN_PATH}");
     let main_conf = std::fs::read_to_string(root.path("/etc/ssh/sshd_config")).unwrap_or_default();
@@ -265,11 +275,18 @@ pub(crate) fn install(opts: &InstallOptions) -> Result<String, SetupError> {
         std::os::unix::fs::lchown(&p, Some(user.uid), Some(user.gid))
             .map_err(io_err(format!("chown {d}")))?;
     }
-    m.dirs.extend(new_dirs.into_iter().filter(|d| !m.dirs.contains(d)).collect::<Vec<_>>());
+    m.dirs.extend(
+        new_dirs
+            .into_iter()
+            .filter(|d| !m.dirs.contains(d))
+            .collect::<Vec<_>>(),
+    );
     let keys_guest = format!("{ssh_dir}/authorized_keys");
     let keys = root.checked(&keys_guest)?;
     if std::fs::symlink_metadata(&keys).is_ok_and(|m| !m.is_file()) {
-        return Err(SetupError::Invalid(format!("{keys_guest} is not a regular file")));
+        return Err(SetupError::Invalid(format!(
+            "{keys_guest} is not a regular file"
+        )));
     }
     let existed = keys.exists();
     let old = std::fs::read_to_string(&keys).unwrap_or_default();
@@ -311,11 +328,16 @@ pub(crate) fn install(opts: &InstallOptions) -> Result<String, SetupError> {
         let unit = format!("/etc/systemd/system/{UNIT_NAME}");
         write_atomic(&root.checked(&unit)?, UNIT.as_bytes(), 0o644)?;
         add_file(&mut m, &unit);
-        root.mkdirs("/etc/systemd/system/multi-user.target.wants", 0o755, &mut m.dirs)?;
+        root.mkdirs(
+            "/etc/systemd/system/multi-user.target.wants",
+            0o755,
+            &mut m.dirs,
+        )?;
         let link_guest = format!("/etc/systemd/system/multi-user.target.wants/{UNIT_NAME}");
         let link = root.checked(&link_guest)?;
         if std::fs::symlink_metadata(&link).is_err() {
-            std::os::unix::fs::symlink(&unit, &link).map_err(io_err(format!("creating {link_guest}")))?;
+            std::os::unix::fs::symlink(&unit, &link)
+                .map_err(io_err(format!("creating {link_guest}")))?;
         }
         if !m.symlinks.contains(&link_guest) {
             m.symlinks.push(link_guest);
@@ -348,7 +370,9 @@ pub(crate) fn uninstall(root_dir: &Path) -> Result<String, SetupError> {
     let mut report = String::new();
     for k in &m.authorized_keys {
         let p = root.checked(&k.file)?;
-        let Ok(text) = std::fs::read_to_string(&p) else { continue };
+        let Ok(text) = std::fs::read_to_string(&p) else {
+            continue;
+        };
         let kept: Vec<&str> = text.lines().filter(|l| *l != k.line).collect();
         if kept.len() == text.lines().count() {
             continue;
@@ -475,7 +499,11 @@ pub(crate) fn seal(root_dir: &Path) -> Result<String, SetupError> {
     let acc = Accounts::load(&root.dir);
     let mut homes: Vec<String> = vec!["/root".into()];
     for u in &acc.users {
-        if (u.uid == 0 || u.uid >= 1000) && u.home.starts_with('/') && u.home != "/" && !homes.contains(&u.home) {
+        if (u.uid == 0 || u.uid >= 1000)
+            && u.home.starts_with('/')
+            && u.home != "/"
+            && !homes.contains(&u.home)
+        {
             homes.push(u.home.clone());
         }
     }
@@ -487,7 +515,10 @@ pub(crate) fn seal(root_dir: &Path) -> Result<String, SetupError> {
             }
         }
     }
-    if !root.path(&format!("/etc/systemd/system/{UNIT_NAME}")).exists() {
+    if !root
+        .path(&format!("/etc/systemd/system/{UNIT_NAME}"))
+        .exists()
+    {
         let _ = writeln!(
             report,
             "note: host keys are gone; make sure the guest runs `ssh-keygen -A` before sshd at first boot"
@@ -496,7 +527,12 @@ pub(crate) fn seal(root_dir: &Path) -> Result<String, SetupError> {
     Ok(report)
 }
 
-fn seal_logs(dir: &Path, in_journal: bool, truncated: &mut usize, removed: &mut usize) -> Result<(), SetupError> {
+fn seal_logs(
+    dir: &Path,
+    in_journal: bool,
+    truncated: &mut usize,
+    removed: &mut usize,
+) -> Result<(), SetupError> {
     let entries = std::fs::read_dir(dir).map_err(io_err(format!("reading {}", dir.display())))?;
     for e in entries.flatten() {
         let Ok(ft) = e.file_type() else { continue };
@@ -514,7 +550,8 @@ fn seal_logs(dir: &Path, in_journal: bool, truncated: &mut usize, removed: &mut 
                     .custom_flags_nofollow()
                     .open(&p)
                     .map_err(io_err(format!("opening {}", p.display())))?;
-                f.set_len(0).map_err(io_err(format!("truncating {}", p.display())))?;
+                f.set_len(0)
+                    .map_err(io_err(format!("truncating {}", p.display())))?;
                 *truncated += 1;
             }
         }

@@ -110,7 +110,9 @@ pub(crate) fn check_request_path(path: &str) -> Result<&Path, OpError> {
         return Err(OpError::rejected(format!("path {path:?} contains `..`")));
     }
     if path.ends_with('/') || !matches!(p.components().next_back(), Some(Component::Normal(_))) {
-        return Err(OpError::invalid(format!("path {path:?} does not name a file")));
+        return Err(OpError::invalid(format!(
+            "path {path:?} does not name a file"
+        )));
     }
     Ok(p)
 }
@@ -173,7 +175,9 @@ pub(crate) fn resolve(tree: &AllowedTree, path: &str, opts: Resolve) -> Result<R
             continue;
         }
         let is_last = pending.is_empty();
-        let dir = stack.last().ok_or_else(|| OpError::rejected("path resolution underflow"))?;
+        let dir = stack
+            .last()
+            .ok_or_else(|| OpError::rejected("path resolution underflow"))?;
         if is_last && !opts.follow_final {
             let existing = stat_nofollow(dir, &comp, path)?;
             return finish(tree, stack, canon, comp, existing, path);
@@ -230,7 +234,8 @@ pub(crate) fn resolve(tree: &AllowedTree, path: &str, opts: Resolve) -> Result<R
                 pending = expanded;
             }
             FileType::Directory if !is_last => {
-                let fd = open_dir(dir, &comp).ctx(format_args!("cannot open directory in {path:?}"))?;
+                let fd =
+                    open_dir(dir, &comp).ctx(format_args!("cannot open directory in {path:?}"))?;
                 stack.push(fd);
                 canon.push(comp);
                 check_walk(tree, &canon, path)?;
@@ -239,14 +244,23 @@ pub(crate) fn resolve(tree: &AllowedTree, path: &str, opts: Resolve) -> Result<R
             _ => {
                 let mut here = canon.clone();
                 here.push(comp);
-                return Err(OpError::invalid(format!("{} is not a directory", show(&here))));
+                return Err(OpError::invalid(format!(
+                    "{} is not a directory",
+                    show(&here)
+                )));
             }
         }
     }
-    Err(OpError::invalid(format!("path {path:?} does not name a file")))
+    Err(OpError::invalid(format!(
+        "path {path:?} does not name a file"
+    )))
 }
 
-fn stat_nofollow(dir: &OwnedFd, name: &OsStr, path: &str) -> Result<Option<rustix::fs::Stat>, OpError> {
+fn stat_nofollow(
+    dir: &OwnedFd,
+    name: &OsStr,
+    path: &str,
+) -> Result<Option<rustix::fs::Stat>, OpError> {
     match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => Ok(Some(st)),
         Err(Errno::NOENT) => Ok(None),
@@ -285,7 +299,9 @@ fn finish(
             tree.root().display()
         )));
     }
-    let dir = stack.pop().ok_or_else(|| OpError::rejected("path resolution underflow"))?;
+    let dir = stack
+        .pop()
+        .ok_or_else(|| OpError::rejected("path resolution underflow"))?;
     Ok(Resolved {
         dir,
         name,
@@ -385,7 +401,12 @@ mod tests {
             ErrorCode::InvalidArgument
         );
         // the tree root itself is not a file path
-        check(&tree, &tree.root().display().to_string(), follow, "PathRejected");
+        check(
+            &tree,
+            &tree.root().display().to_string(),
+            follow,
+            "PathRejected",
+        );
     }
 
     #[test]

@@ -107,10 +107,11 @@ impl Output {
 
     /// Sends data in frames of at most [`MAX_DATA_CHUNK`] bytes.
     pub(crate) fn send_data(&self, id: u64, stream: Stream, data: &[u8]) -> bool {
-        data.chunks(MAX_DATA_CHUNK).all(|chunk| match data_frame_prefix(id, stream, chunk.len()) {
-            Ok(prefix) => self.write_frame(&[&prefix, chunk]),
-            Err(_) => false,
-        })
+        data.chunks(MAX_DATA_CHUNK)
+            .all(|chunk| match data_frame_prefix(id, stream, chunk.len()) {
+                Ok(prefix) => self.write_frame(&[&prefix, chunk]),
+                Err(_) => false,
+            })
     }
 
     pub(crate) fn send_error(&self, id: Option<u64>, e: &OpError) -> bool {
@@ -207,7 +208,9 @@ impl Ctx {
     }
 
     pub(crate) fn event(&self, event: Event) -> bool {
-        self.shared.out.send(&ServerMessage::Event { id: self.id, event })
+        self.shared
+            .out
+            .send(&ServerMessage::Event { id: self.id, event })
     }
 
     pub(crate) fn data(&self, stream: Stream, data: &[u8]) -> bool {
@@ -278,12 +281,14 @@ pub(crate) fn serve(config: Config) -> ExitCode {
     });
     {
         let shared = Arc::clone(&shared);
-        let spawned = thread::Builder::new().name("signals".into()).spawn(move || {
-            if let Ok(sig) = signals.wait() {
-                shared.emergency_cleanup();
-                std::process::exit(128 + sig as i32);
-            }
-        });
+        let spawned = thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Ok(sig) = signals.wait() {
+                    shared.emergency_cleanup();
+                    std::process::exit(128 + sig as i32);
+                }
+            });
         if let Err(e) = spawned {
             eprintln!("daas-guest-proxy: cannot start signal thread: {e}");
         }
@@ -355,7 +360,9 @@ impl Reader {
     fn control(&mut self, json: &[u8]) {
         match ClientMessage::parse(json) {
             Err(e) => {
-                self.shared.out.send(&ServerMessage::error(e.id, e.to_wire()));
+                self.shared
+                    .out
+                    .send(&ServerMessage::error(e.id, e.to_wire()));
             }
             Ok(ClientMessage::Cancel { id }) => self.cancel(id),
             Ok(ClientMessage::Request(req)) => self.request(req),
@@ -370,7 +377,10 @@ impl Reader {
                 drop(inflight);
                 self.shared.out.send_error(
                     Some(id),
-                    &OpError::new(ErrorCode::DuplicateId, format!("request {id} is still in flight")),
+                    &OpError::new(
+                        ErrorCode::DuplicateId,
+                        format!("request {id} is still in flight"),
+                    ),
                 );
                 return;
             }
@@ -407,7 +417,9 @@ impl Reader {
             Operation::Exec(args) => crate::ops::exec::start(&self.shared, id, args),
             op => {
                 let cancel = Arc::new(AtomicBool::new(false));
-                self.shared.inflight().insert(id, Entry::Task(Arc::clone(&cancel)));
+                self.shared
+                    .inflight()
+                    .insert(id, Entry::Task(Arc::clone(&cancel)));
                 let ctx = Ctx {
                     id,
                     shared: Arc::clone(&self.shared),
@@ -422,7 +434,10 @@ impl Reader {
                 if let Err(e) = spawned {
                     self.shared.finish(
                         id,
-                        Err(OpError::new(ErrorCode::Internal, format!("cannot start a thread: {e}"))),
+                        Err(OpError::new(
+                            ErrorCode::Internal,
+                            format!("cannot start a thread: {e}"),
+                        )),
                     );
                 }
             }

@@ -3,8 +3,8 @@
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -15,7 +15,8 @@ use daas_guest_proxy_wire::ErrorCode;
 use crate::error::{IoContext, OpError};
 
 /// `PATH` when the proxy's environment has none.
-pub(crate) const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The `PATH` the proxy and its children use.
 pub(crate) fn search_path() -> OsString {
@@ -121,8 +122,20 @@ impl<'a> Tool<'a> {
         }
         let mut pumps = 0;
         for (pipe, is_err) in [
-            (child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>), false),
-            (child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>), true),
+            (
+                child
+                    .stdout
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
+                false,
+            ),
+            (
+                child
+                    .stderr
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
+                true,
+            ),
         ] {
             if let Some(mut pipe) = pipe {
                 pumps += 1;
@@ -190,7 +203,10 @@ impl<'a> Tool<'a> {
             }
         }
         let Some(status) = status else {
-            return Err(OpError::new(ErrorCode::Internal, format!("{name}: no exit status")));
+            return Err(OpError::new(
+                ErrorCode::Internal,
+                format!("{name}: no exit status"),
+            ));
         };
         Ok(ToolOutput {
             status,
@@ -248,7 +264,9 @@ mod tests {
     #[test]
     fn runs_captures_and_times_out() {
         let sh = find_tool("sh").unwrap();
-        let out = Tool::new(&sh, &["-c", "echo out; echo err >&2; exit 3"]).run().unwrap();
+        let out = Tool::new(&sh, &["-c", "echo out; echo err >&2; exit 3"])
+            .run()
+            .unwrap();
         assert_eq!(out.status.code(), Some(3));
         assert_eq!(out.stdout, b"out\n");
         assert_eq!(out.stderr, b"err\n");
@@ -262,7 +280,9 @@ mod tests {
         assert_eq!(t.run().unwrap().stdout, b"piped");
         // a forked child holding stderr does not make us wait for it
         let start = std::time::Instant::now();
-        let out = Tool::new(&sh, &["-c", "sleep 3 & echo done"]).run().unwrap();
+        let out = Tool::new(&sh, &["-c", "sleep 3 & echo done"])
+            .run()
+            .unwrap();
         assert!(out.status.success());
         assert_eq!(out.stdout, b"done\n");
         assert!(start.elapsed() < Duration::from_secs(2));

@@ -77,13 +77,23 @@ pub(crate) fn start(shared: &Arc<Shared>, id: u64, args: Exec) {
     let spawned = thread::Builder::new()
         .name(format!("exec-{id}"))
         .spawn(move || {
-            let r = run(&shared2, id, args, ctl_tx, ctl_rx, stdin_rx.map(|rx| (rx, pending)));
+            let r = run(
+                &shared2,
+                id,
+                args,
+                ctl_tx,
+                ctl_rx,
+                stdin_rx.map(|rx| (rx, pending)),
+            );
             shared2.finish(id, reply::<Exec>(r));
         });
     if let Err(e) = spawned {
         shared.finish(
             id,
-            Err(OpError::new(ErrorCode::Internal, format!("cannot start a thread: {e}"))),
+            Err(OpError::new(
+                ErrorCode::Internal,
+                format!("cannot start a thread: {e}"),
+            )),
         );
     }
 }
@@ -91,14 +101,18 @@ pub(crate) fn start(shared: &Arc<Shared>, id: u64, args: Exec) {
 pub(crate) fn check_env(env: &std::collections::BTreeMap<String, String>) -> Result<(), OpError> {
     for (k, v) in env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-            return Err(OpError::invalid(format!("invalid environment variable {k:?}")));
+            return Err(OpError::invalid(format!(
+                "invalid environment variable {k:?}"
+            )));
         }
     }
     Ok(())
 }
 
 pub(crate) fn check_argv(argv: &[String]) -> Result<&str, OpError> {
-    let first = argv.first().ok_or_else(|| OpError::invalid("argv is empty"))?;
+    let first = argv
+        .first()
+        .ok_or_else(|| OpError::invalid("argv is empty"))?;
     if first.is_empty() {
         return Err(OpError::invalid("argv[0] is empty"));
     }
@@ -169,7 +183,13 @@ fn run(
     let argv0 = &args.argv[0];
     let mut child = cmd.spawn().map_err(|e| {
         OpError::io(
-            format_args!("cannot run {argv0:?}{}", args.cwd.as_ref().map(|c| format!(" in {c:?}")).unwrap_or_default()),
+            format_args!(
+                "cannot run {argv0:?}{}",
+                args.cwd
+                    .as_ref()
+                    .map(|c| format!(" in {c:?}"))
+                    .unwrap_or_default()
+            ),
             &e,
         )
     })?;
@@ -184,12 +204,28 @@ fn run(
     // Set once the answer is about to be sent: no output after it.
     let finished = Arc::new(Mutex::new(false));
     let counts = [
-        Arc::new(StreamCount { total: AtomicU64::new(0) }),
-        Arc::new(StreamCount { total: AtomicU64::new(0) }),
+        Arc::new(StreamCount {
+            total: AtomicU64::new(0),
+        }),
+        Arc::new(StreamCount {
+            total: AtomicU64::new(0),
+        }),
     ];
     let pipes: [(Option<Box<dyn Read + Send>>, Stream); 2] = [
-        (child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>), Stream::Stdout),
-        (child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>), Stream::Stderr),
+        (
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            Stream::Stdout,
+        ),
+        (
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            Stream::Stderr,
+        ),
     ];
     let mut pumps_left = 0;
     for ((pipe, stream), count) in pipes.into_iter().zip(counts.iter()) {
@@ -245,7 +281,9 @@ fn run(
     }
     drop(ctl_tx);
 
-    let deadline = args.timeout_ms.map(|ms| started + Duration::from_millis(ms));
+    let deadline = args
+        .timeout_ms
+        .map(|ms| started + Duration::from_millis(ms));
     let mut status: Option<ExitStatus> = None;
     let mut outcome: Option<OpError> = None;
     let mut drain_until: Option<Instant> = None;
@@ -307,7 +345,8 @@ fn run(
     if let Some(e) = outcome {
         return Err(e);
     }
-    let status = status.ok_or_else(|| OpError::new(ErrorCode::Internal, "process did not report its exit"))?;
+    let status = status
+        .ok_or_else(|| OpError::new(ErrorCode::Internal, "process did not report its exit"))?;
     let [out, err] = counts.map(|c| c.total.load(Ordering::Relaxed));
     Ok(ExecResult {
         exit_code: status.code(),

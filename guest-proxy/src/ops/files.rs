@@ -50,7 +50,10 @@ fn parse_sha256(s: &str) -> Result<[u8; 32], OpError> {
     Ok(out)
 }
 
-fn lookup_owner(owner: Option<&str>, group: Option<&str>) -> Result<(Option<u32>, Option<u32>), OpError> {
+fn lookup_owner(
+    owner: Option<&str>,
+    group: Option<&str>,
+) -> Result<(Option<u32>, Option<u32>), OpError> {
     if owner.is_none() && group.is_none() {
         return Ok((None, None));
     }
@@ -77,7 +80,9 @@ impl Upload {
         let expected = parse_sha256(&args.sha256)?;
         if let Some(mode) = args.mode {
             if mode > 0o7777 {
-                return Err(OpError::invalid(format!("mode {mode:#o} has bits beyond 0o7777")));
+                return Err(OpError::invalid(format!(
+                    "mode {mode:#o} has bits beyond 0o7777"
+                )));
             }
         }
         let (owner, group) = lookup_owner(args.owner.as_deref(), args.group.as_deref())?;
@@ -103,7 +108,10 @@ impl Upload {
                     }
                 }
                 FileType::Directory => {
-                    return Err(OpError::invalid(format!("{} is a directory", r.path.display())))
+                    return Err(OpError::invalid(format!(
+                        "{} is a directory",
+                        r.path.display()
+                    )))
                 }
                 _ => {
                     return Err(OpError::invalid(format!(
@@ -117,14 +125,20 @@ impl Upload {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let tmp = OsString::from(format!(".daas-put.{}.{id}.{nanos:x}.tmp", std::process::id()));
+        let tmp = OsString::from(format!(
+            ".daas-put.{}.{id}.{nanos:x}.tmp",
+            std::process::id()
+        ));
         let fd = rustix::fs::openat(
             &r.dir,
             &*tmp,
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         )
-        .ctx(format_args!("cannot create a temporary file beside {}", r.path.display()))?;
+        .ctx(format_args!(
+            "cannot create a temporary file beside {}",
+            r.path.display()
+        ))?;
         let dir = Arc::new(r.dir);
         shared.register_temp(id, Arc::clone(&dir), tmp.clone());
         Ok(Self {
@@ -181,7 +195,10 @@ impl Upload {
             // removed at the end of the session by the cleanup registry.
             shared.finish(
                 id,
-                Err(OpError::new(ErrorCode::Internal, format!("cannot start a thread: {e}"))),
+                Err(OpError::new(
+                    ErrorCode::Internal,
+                    format!("cannot start a thread: {e}"),
+                )),
             );
         }
     }
@@ -256,7 +273,10 @@ pub(crate) fn get_file(ctx: &Ctx, args: GetFile) -> Result<GetFileResult, OpErro
     )?;
     let what = r.path.display();
     if r.existing.is_none() {
-        return Err(OpError::new(ErrorCode::NotFound, format!("{what} does not exist")));
+        return Err(OpError::new(
+            ErrorCode::NotFound,
+            format!("{what} does not exist"),
+        ));
     }
     let fd = rustix::fs::openat(
         &r.dir,
@@ -290,7 +310,9 @@ pub(crate) fn get_file(ctx: &Ctx, args: GetFile) -> Result<GetFileResult, OpErro
         if ctx.is_cancelled() {
             return Err(OpError::cancelled());
         }
-        let want = usize::try_from(size - sent).unwrap_or(usize::MAX).min(buf.len());
+        let want = usize::try_from(size - sent)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
         let n = match file.read(&mut buf[..want]) {
             Ok(0) => {
                 return Err(OpError::new(

@@ -56,7 +56,9 @@ fn unquote(v: &str) -> String {
 pub(crate) fn parse_os_release(text: &str) -> OsInfo {
     let mut os = OsInfo::default();
     for line in text.lines() {
-        let Some((k, v)) = line.split_once('=') else { continue };
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
         let v = Some(unquote(v));
         match k.trim() {
             "ID" => os.id = v,
@@ -77,7 +79,9 @@ fn parse_loadavg(text: &str) -> Option<[f64; 3]> {
 pub(crate) fn parse_meminfo(text: &str) -> MemoryInfo {
     let mut m = MemoryInfo::default();
     for line in text.lines() {
-        let Some((k, rest)) = line.split_once(':') else { continue };
+        let Some((k, rest)) = line.split_once(':') else {
+            continue;
+        };
         let kib: u64 = rest
             .split_whitespace()
             .next()
@@ -103,7 +107,8 @@ fn unescape_mount(s: &str) -> String {
     while i < b.len() {
         if b[i] == b'\\' {
             if let Some(&[d1, d2, d3]) = b.get(i + 1..i + 4) {
-                if (b'0'..=b'3').contains(&d1) && [d2, d3].iter().all(|d| (b'0'..=b'7').contains(d)) {
+                if (b'0'..=b'3').contains(&d1) && [d2, d3].iter().all(|d| (b'0'..=b'7').contains(d))
+                {
                     out.push((d1 - b'0') * 64 + (d2 - b'0') * 8 + (d3 - b'0'));
                     i += 4;
                     continue;
@@ -118,10 +123,32 @@ fn unescape_mount(s: &str) -> String {
 
 /// Filesystems that hold no user data.
 const PSEUDO_FS: &[&str] = &[
-    "proc", "sysfs", "devtmpfs", "devpts", "tmpfs", "cgroup", "cgroup2", "securityfs", "pstore",
-    "bpf", "debugfs", "tracefs", "mqueue", "hugetlbfs", "fusectl", "configfs", "autofs",
-    "binfmt_misc", "efivarfs", "nsfs", "rpc_pipefs", "ramfs", "squashfs", "selinuxfs",
-    "fuse.gvfsd-fuse", "fuse.portal",
+    "proc",
+    "sysfs",
+    "devtmpfs",
+    "devpts",
+    "tmpfs",
+    "cgroup",
+    "cgroup2",
+    "securityfs",
+    "pstore",
+    "bpf",
+    "debugfs",
+    "tracefs",
+    "mqueue",
+    "hugetlbfs",
+    "fusectl",
+    "configfs",
+    "autofs",
+    "binfmt_misc",
+    "efivarfs",
+    "nsfs",
+    "rpc_pipefs",
+    "ramfs",
+    "squashfs",
+    "selinuxfs",
+    "fuse.gvfsd-fuse",
+    "fuse.portal",
 ];
 
 pub(crate) fn parse_mounts(text: &str) -> Vec<(String, String, String)> {
@@ -134,7 +161,8 @@ pub(crate) fn parse_mounts(text: &str) -> Vec<(String, String, String)> {
                 return None;
             }
             let mnt = unescape_mount(mnt);
-            seen.insert(mnt.clone()).then(|| (unescape_mount(dev), mnt, fs.to_string()))
+            seen.insert(mnt.clone())
+                .then(|| (unescape_mount(dev), mnt, fs.to_string()))
         })
         .collect()
 }
@@ -223,14 +251,22 @@ mod tests {
         assert_eq!(os.id.as_deref(), Some("debian"));
         assert_eq!(os.name.as_deref(), Some("Debian GNU/Linux"));
         assert_eq!(os.version_id.as_deref(), Some("12"));
-        assert_eq!(os.pretty_name.as_deref(), Some("Debian GNU/Linux 12 (bookworm)"));
+        assert_eq!(
+            os.pretty_name.as_deref(),
+            Some("Debian GNU/Linux 12 (bookworm)")
+        );
     }
 
     #[test]
     fn proc_files() {
-        assert_eq!(parse_loadavg("0.50 0.25 0.10 1/100 42\n"), Some([0.5, 0.25, 0.1]));
+        assert_eq!(
+            parse_loadavg("0.50 0.25 0.10 1/100 42\n"),
+            Some([0.5, 0.25, 0.1])
+        );
         assert_eq!(parse_loadavg("x"), None);
-        let m = parse_meminfo("MemTotal:  2048 kB\nMemFree: 1 kB\nMemAvailable: 1024 kB\nSwapTotal: 0 kB\n");
+        let m = parse_meminfo(
+            "MemTotal:  2048 kB\nMemFree: 1 kB\nMemAvailable: 1024 kB\nSwapTotal: 0 kB\n",
+        );
         assert_eq!(m.total_bytes, 2 << 20);
         assert_eq!(m.available_bytes, 1 << 20);
         let mounts = parse_mounts(

@@ -25,7 +25,9 @@ pub(crate) fn run(ctx: &Ctx, op: Operation) -> Result<serde_json::Value, OpError
         Operation::GetFile(a) => reply::<GetFile>(files::get_file(ctx, a)),
         Operation::SetHostname(a) => reply::<SetHostname>(system::set_hostname(ctx, a)),
         Operation::EnsureUser(a) => reply::<EnsureUser>(system::ensure_user(ctx, a)),
-        Operation::SetKeyboardLayout(a) => reply::<SetKeyboardLayout>(x11::set_keyboard_layout(ctx, a)),
+        Operation::SetKeyboardLayout(a) => {
+            reply::<SetKeyboardLayout>(x11::set_keyboard_layout(ctx, a))
+        }
         Operation::SetResolution(a) => reply::<SetResolution>(x11::set_resolution(ctx, a)),
         Operation::ClipboardSet(a) => reply::<ClipboardSet>(x11::clipboard_set(ctx, a)),
         Operation::ClipboardGet(a) => reply::<ClipboardGet>(x11::clipboard_get(ctx, a)),

@@ -5,10 +5,10 @@ use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::path::Path;
 
+use daas_guest_proxy_wire::message::Empty;
 use daas_guest_proxy_wire::message::{
     EnsureUser, EnsureUserResult, PowerResult, ReadyResult, SetHostname, Spawn, SpawnResult,
 };
-use daas_guest_proxy_wire::message::Empty;
 use daas_guest_proxy_wire::ErrorCode;
 use rustix::fs::{FileType, Gid, Mode, OFlags, Uid};
 
@@ -69,11 +69,18 @@ pub(crate) fn update_hosts(old: &str, name: &str) -> String {
 
 pub(crate) fn set_hostname(_ctx: &Ctx, a: SetHostname) -> Result<Empty, OpError> {
     if !valid_hostname(&a.hostname) {
-        return Err(OpError::invalid(format!("{:?} is not a valid host name", a.hostname)));
+        return Err(OpError::invalid(format!(
+            "{:?} is not a valid host name",
+            a.hostname
+        )));
     }
     nix::unistd::sethostname(&a.hostname)
         .map_err(|e| OpError::io("cannot set the host name", &std::io::Error::from(e)))?;
-    write_atomic(Path::new("/etc/hostname"), format!("{}\n", a.hostname).as_bytes(), 0o644)?;
+    write_atomic(
+        Path::new("/etc/hostname"),
+        format!("{}\n", a.hostname).as_bytes(),
+        0o644,
+    )?;
     let hosts = Path::new("/etc/hosts");
     let old = std::fs::read_to_string(hosts).unwrap_or_default();
     write_atomic(hosts, update_hosts(&old, &a.hostname).as_bytes(), 0o644)?;
@@ -101,7 +108,9 @@ pub(crate) fn check_public_key(key: &str) -> Result<(&str, &str), OpError> {
         || kind.starts_with("sk-ssh-")
         || kind.starts_with("sk-ecdsa-sha2-");
     if !known {
-        return Err(bad(&format!("unknown key type {kind:?} (options are not accepted)")));
+        return Err(bad(&format!(
+            "unknown key type {kind:?} (options are not accepted)"
+        )));
     }
     if !blob
         .bytes()
@@ -144,17 +153,28 @@ fn add_to_group(user: &str, group: &str) -> Result<(), OpError> {
 
 pub(crate) fn ensure_user(_ctx: &Ctx, a: EnsureUser) -> Result<EnsureUserResult, OpError> {
     if !valid_name(&a.name) {
-        return Err(OpError::invalid(format!("{:?} is not a valid user name", a.name)));
+        return Err(OpError::invalid(format!(
+            "{:?} is not a valid user name",
+            a.name
+        )));
     }
     for g in &a.groups {
         if !valid_name(g) {
             return Err(OpError::invalid(format!("{g:?} is not a valid group name")));
         }
     }
-    let key = a.authorized_key.as_deref().map(check_public_key).transpose()?;
+    let key = a
+        .authorized_key
+        .as_deref()
+        .map(check_public_key)
+        .transpose()?;
     let shell = match &a.shell {
         Some(s) if s.starts_with('/') && !s.contains(char::is_control) => s.clone(),
-        Some(s) => return Err(OpError::invalid(format!("shell {s:?} is not an absolute path"))),
+        Some(s) => {
+            return Err(OpError::invalid(format!(
+                "shell {s:?} is not an absolute path"
+            )))
+        }
         None if Path::new("/bin/bash").exists() => "/bin/bash".into(),
         None => "/bin/sh".into(),
     };
@@ -190,7 +210,12 @@ pub(crate) fn ensure_user(_ctx: &Ctx, a: EnsureUser) -> Result<EnsureUserResult,
         .iter()
         .find(|u| u.name == a.name)
         .cloned()
-        .ok_or_else(|| OpError::new(ErrorCode::Internal, format!("user {} missing after creation", a.name)))?;
+        .ok_or_else(|| {
+            OpError::new(
+                ErrorCode::Internal,
+                format!("user {} missing after creation", a.name),
+            )
+        })?;
     for g in &a.groups {
         if !acc.is_member(&user, g) {
             add_to_group(&user.name, g)?;
@@ -198,7 +223,9 @@ pub(crate) fn ensure_user(_ctx: &Ctx, a: EnsureUser) -> Result<EnsureUserResult,
         }
     }
     let key_added = match key {
-        Some((kind, blob)) => add_authorized_key(&user, kind, blob, a.authorized_key.as_deref().unwrap_or(""))?,
+        Some((kind, blob)) => {
+            add_authorized_key(&user, kind, blob, a.authorized_key.as_deref().unwrap_or(""))?
+        }
         None => false,
     };
     Ok(EnsureUserResult {
@@ -222,13 +249,15 @@ fn add_authorized_key(user: &User, kind: &str, blob: &str, line: &str) -> Result
     let ssh = OsStr::new(".ssh");
     match rustix::fs::mkdirat(&home_fd, ssh, Mode::from_raw_mode(0o700)) {
         Ok(()) => {
-            let fd = rustix::fs::openat(&home_fd, ssh, dir_flags, Mode::empty()).ctx("cannot open ~/.ssh")?;
+            let fd = rustix::fs::openat(&home_fd, ssh, dir_flags, Mode::empty())
+                .ctx("cannot open ~/.ssh")?;
             rustix::fs::fchown(&fd, uid, gid).ctx("cannot chown ~/.ssh")?;
         }
         Err(rustix::io::Errno::EXIST) => {}
         Err(e) => return Err(e).ctx("cannot create ~/.ssh"),
     }
-    let ssh_fd = rustix::fs::openat(&home_fd, ssh, dir_flags, Mode::empty()).ctx("cannot open ~/.ssh")?;
+    let ssh_fd =
+        rustix::fs::openat(&home_fd, ssh, dir_flags, Mode::empty()).ctx("cannot open ~/.ssh")?;
     let fd = rustix::fs::openat(
         &ssh_fd,
         "authorized_keys",
@@ -238,11 +267,14 @@ fn add_authorized_key(user: &User, kind: &str, blob: &str, line: &str) -> Result
     .ctx("cannot open ~/.ssh/authorized_keys")?;
     let st = rustix::fs::fstat(&fd).ctx("cannot stat ~/.ssh/authorized_keys")?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-        return Err(OpError::invalid("~/.ssh/authorized_keys is not a regular file"));
+        return Err(OpError::invalid(
+            "~/.ssh/authorized_keys is not a regular file",
+        ));
     }
     let mut f = std::fs::File::from(fd);
     let mut text = String::new();
-    f.read_to_string(&mut text).ctx("cannot read ~/.ssh/authorized_keys")?;
+    f.read_to_string(&mut text)
+        .ctx("cannot read ~/.ssh/authorized_keys")?;
     if has_key(&text, kind, blob) {
         return Ok(false);
     }
@@ -252,10 +284,12 @@ fn add_authorized_key(user: &User, kind: &str, blob: &str, line: &str) -> Result
     }
     add.push_str(line.trim());
     add.push('\n');
-    f.write_all(add.as_bytes()).ctx("cannot write ~/.ssh/authorized_keys")?;
+    f.write_all(add.as_bytes())
+        .ctx("cannot write ~/.ssh/authorized_keys")?;
     f.sync_all().ctx("fsync ~/.ssh/authorized_keys")?;
     rustix::fs::fchown(&f, uid, gid).ctx("cannot chown ~/.ssh/authorized_keys")?;
-    rustix::fs::fchmod(&f, Mode::from_raw_mode(0o600)).ctx("cannot chmod ~/.ssh/authorized_keys")?;
+    rustix::fs::fchmod(&f, Mode::from_raw_mode(0o600))
+        .ctx("cannot chmod ~/.ssh/authorized_keys")?;
     Ok(true)
 }
 
@@ -283,7 +317,11 @@ pub(crate) fn ready(_ctx: &Ctx) -> Result<ReadyResult, OpError> {
     })
 }
 
-pub(crate) fn power(_ctx: &Ctx, reboot: bool, delay_ms: Option<u64>) -> Result<PowerResult, OpError> {
+pub(crate) fn power(
+    _ctx: &Ctx,
+    reboot: bool,
+    delay_ms: Option<u64>,
+) -> Result<PowerResult, OpError> {
     let verb = if reboot { "reboot" } else { "poweroff" };
     let argv: Vec<String> = match (has_systemd(), find_tool("systemctl")) {
         (true, Some(p)) => vec![p.display().to_string(), verb.into()],
@@ -292,7 +330,10 @@ pub(crate) fn power(_ctx: &Ctx, reboot: bool, delay_ms: Option<u64>) -> Result<P
             vec![p.display().to_string()]
         }
     };
-    let env = vec![("PATH".to_string(), search_path().to_string_lossy().into_owned())];
+    let env = vec![(
+        "PATH".to_string(),
+        search_path().to_string_lossy().into_owned(),
+    )];
     launch(&DetachSpec {
         argv: argv.clone(),
         env,
@@ -324,7 +365,10 @@ fn session_env(user: &User, display: &str) -> Result<BTreeMap<String, String>, O
     if Path::new(&runtime).is_dir() {
         let bus = format!("{runtime}/bus");
         if Path::new(&bus).exists() {
-            env.insert("DBUS_SESSION_BUS_ADDRESS".into(), format!("unix:path={bus}"));
+            env.insert(
+                "DBUS_SESSION_BUS_ADDRESS".into(),
+                format!("unix:path={bus}"),
+            );
         }
         env.insert("XDG_RUNTIME_DIR".into(), runtime);
     }
@@ -374,7 +418,17 @@ mod tests {
         for ok in ["a", "desk-01", "desk-01.example.org", &"a".repeat(63)] {
             assert!(valid_hostname(ok), "{ok}");
         }
-        for bad in ["", "-a", "a-", "a..b", "a_b", "a b", "é", &"a".repeat(64), ".a"] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "a..b",
+            "a_b",
+            "a b",
+            "é",
+            &"a".repeat(64),
+            ".a",
+        ] {
             assert!(!valid_hostname(bad), "{bad}");
         }
     }
@@ -382,16 +436,25 @@ mod tests {
     #[test]
     fn hosts_file() {
         assert_eq!(
-            update_hosts("127.0.0.1\tlocalhost\n127.0.1.1\told\n127.0.1.1 dup\n::1 ip6\n", "new.example.org"),
+            update_hosts(
+                "127.0.0.1\tlocalhost\n127.0.1.1\told\n127.0.1.1 dup\n::1 ip6\n",
+                "new.example.org"
+            ),
             "127.0.0.1\tlocalhost\n127.0.1.1\tnew.example.org new\n::1 ip6\n"
         );
-        assert_eq!(update_hosts("127.0.0.1 localhost", "h"), "127.0.0.1 localhost\n127.0.1.1\th\n");
+        assert_eq!(
+            update_hosts("127.0.0.1 localhost", "h"),
+            "127.0.0.1 localhost\n127.0.1.1\th\n"
+        );
     }
 
     #[test]
     fn public_keys() {
         let k = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG9v test@host";
-        assert_eq!(check_public_key(k).unwrap(), ("ssh-ed25519", "AAAAC3NzaC1lZDI1NTE5AAAAIG9v"));
+        assert_eq!(
+            check_public_key(k).unwrap(),
+            ("ssh-ed25519", "AAAAC3NzaC1lZDI1NTE5AAAAIG9v")
+        );
         assert!(check_public_key("command=\"x\" ssh-ed25519 AAAA").is_err());
         assert!(check_public_key("ssh-ed25519 AAAA\nssh-rsa BBBB").is_err());
         assert!(check_public_key("ssh-ed25519").is_err());

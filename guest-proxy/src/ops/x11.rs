@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use daas_guest_proxy_wire::message::{
-    ClipboardGet, ClipboardGetResult, ClipboardSet, ClipboardSetResult, Selection, SetKeyboardLayout,
-    SetKeyboardLayoutResult, SetResolution, SetResolutionResult,
+    ClipboardGet, ClipboardGetResult, ClipboardSet, ClipboardSetResult, Selection,
+    SetKeyboardLayout, SetKeyboardLayoutResult, SetResolution, SetResolutionResult,
 };
 use daas_guest_proxy_wire::ErrorCode;
 
@@ -28,7 +28,11 @@ const X_TOOL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The display number of `:N` or `:N.S` (local displays only).
 pub(crate) fn parse_display(display: &str) -> Result<u32, OpError> {
-    let bad = || OpError::invalid(format!("display {display:?} is not a local display such as \":0\""));
+    let bad = || {
+        OpError::invalid(format!(
+            "display {display:?} is not a local display such as \":0\""
+        ))
+    };
     let rest = display.strip_prefix(':').ok_or_else(bad)?;
     let (num, screen) = match rest.split_once('.') {
         Some((n, s)) => (n, Some(s)),
@@ -86,13 +90,22 @@ fn check_xkb(what: &str, v: &str) -> Result<(), OpError> {
     if ok {
         Ok(())
     } else {
-        Err(OpError::invalid(format!("{what} {v:?} is not a valid XKB name")))
+        Err(OpError::invalid(format!(
+            "{what} {v:?} is not a valid XKB name"
+        )))
     }
 }
 
-pub(crate) fn set_keyboard_layout(_ctx: &Ctx, a: SetKeyboardLayout) -> Result<SetKeyboardLayoutResult, OpError> {
+pub(crate) fn set_keyboard_layout(
+    _ctx: &Ctx,
+    a: SetKeyboardLayout,
+) -> Result<SetKeyboardLayoutResult, OpError> {
     check_xkb("layout", &a.layout)?;
-    for (what, v) in [("variant", &a.variant), ("model", &a.model), ("options", &a.options)] {
+    for (what, v) in [
+        ("variant", &a.variant),
+        ("model", &a.model),
+        ("options", &a.options),
+    ] {
         if let Some(v) = v {
             if !v.is_empty() {
                 check_xkb(what, v)?;
@@ -100,7 +113,9 @@ pub(crate) fn set_keyboard_layout(_ctx: &Ctx, a: SetKeyboardLayout) -> Result<Se
         }
     }
     if a.display.is_none() && !a.persist {
-        return Err(OpError::invalid("nothing to do: no display and persist is false"));
+        return Err(OpError::invalid(
+            "nothing to do: no display and persist is false",
+        ));
     }
     let mut applied = false;
     if let Some(display) = &a.display {
@@ -175,15 +190,20 @@ pub(crate) fn update_shell_vars(old: &str, set: &[(&str, &str)]) -> String {
 pub(crate) fn set_resolution(_ctx: &Ctx, a: SetResolution) -> Result<SetResolutionResult, OpError> {
     for (what, v) in [("width", a.width), ("height", a.height)] {
         if !(1..=16384).contains(&v) {
-            return Err(OpError::invalid(format!("{what} {v} is not within 1..=16384")));
+            return Err(OpError::invalid(format!(
+                "{what} {v} is not within 1..=16384"
+            )));
         }
     }
     if let Some(o) = &a.output {
         let ok = !o.is_empty()
             && o.len() <= 64
-            && o.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            && o.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
         if !ok {
-            return Err(OpError::invalid(format!("output {o:?} is not a valid xrandr output name")));
+            return Err(OpError::invalid(format!(
+                "output {o:?} is not a valid xrandr output name"
+            )));
         }
     }
     let env = x_env(&a.display)?;
@@ -197,6 +217,17 @@ pub(crate) fn set_resolution(_ctx: &Ctx, a: SetResolution) -> Result<SetResoluti
     };
     match &a.output {
         Some(o) => {
+            // xrandr only warns about an unknown output and exits 0.
+            let listed = run(&["-q"])?.stdout_text();
+            if !listed
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(o.as_str()))
+            {
+                return Err(OpError::new(
+                    ErrorCode::NotFound,
+                    format!("display {} has no output {o:?}", a.display),
+                ));
+            }
             run(&["--output", o, "--mode", &size])?;
         }
         None => {
@@ -209,7 +240,10 @@ pub(crate) fn set_resolution(_ctx: &Ctx, a: SetResolution) -> Result<SetResoluti
     }
     let q = run(&["-q"])?;
     let (width, height) = parse_current_size(&q.stdout_text()).ok_or_else(|| {
-        OpError::new(ErrorCode::CommandFailed, "xrandr -q did not report the current size")
+        OpError::new(
+            ErrorCode::CommandFailed,
+            "xrandr -q did not report the current size",
+        )
     })?;
     Ok(SetResolutionResult { width, height })
 }
@@ -217,7 +251,9 @@ pub(crate) fn set_resolution(_ctx: &Ctx, a: SetResolution) -> Result<SetResoluti
 /// `Screen 0: minimum 32 x 32, current 1280 x 800, maximum ...`
 pub(crate) fn parse_current_size(xrandr_q: &str) -> Option<(u32, u32)> {
     let line = xrandr_q.lines().find(|l| l.starts_with("Screen "))?;
-    let cur = line.split(',').find_map(|p| p.trim().strip_prefix("current "))?;
+    let cur = line
+        .split(',')
+        .find_map(|p| p.trim().strip_prefix("current "))?;
     let (w, h) = cur.split_once(" x ")?;
     Some((w.trim().parse().ok()?, h.trim().parse().ok()?))
 }
@@ -255,7 +291,15 @@ pub(crate) fn clipboard_get(_ctx: &Ctx, a: ClipboardGet) -> Result<ClipboardGetR
     let (name, path) = require_tool(&["xclip", "xsel"], "clipboard_get")?;
     let sel = selection_args(&name, a.selection);
     let args: Vec<&str> = if name == "xclip" {
-        vec!["-display", &a.display, "-selection", sel, "-out", "-target", "UTF8_STRING"]
+        vec![
+            "-display",
+            &a.display,
+            "-selection",
+            sel,
+            "-out",
+            "-target",
+            "UTF8_STRING",
+        ]
     } else {
         vec!["--display", &a.display, sel, "--output"]
     };
@@ -302,7 +346,11 @@ mod tests {
         let old = "# KEYBOARD CONFIGURATION FILE\nXKBMODEL=\"pc105\"\nXKBLAYOUT=\"us\"\nXKBVARIANT=\"\"\nBACKSPACE=\"guess\"\n";
         let new = update_shell_vars(
             old,
-            &[("XKBLAYOUT", "de"), ("XKBVARIANT", "nodeadkeys"), ("XKBOPTIONS", "")],
+            &[
+                ("XKBLAYOUT", "de"),
+                ("XKBVARIANT", "nodeadkeys"),
+                ("XKBOPTIONS", ""),
+            ],
         );
         assert_eq!(
             new,

@@ -174,20 +174,37 @@ mod tests {
             .encode()
             .unwrap();
         c.feed(&reply[..4]);
-        assert!(matches!(c.next_incoming().unwrap(), Some(Incoming::Hello(_))));
+        assert!(matches!(
+            c.next_incoming().unwrap(),
+            Some(Incoming::Hello(_))
+        ));
         assert_eq!(c.next_incoming().unwrap(), None);
         c.feed(&reply[4..]);
-        assert!(matches!(c.next_incoming().unwrap(), Some(Incoming::Result { id: 1, .. })));
-        assert!(c.hello().unwrap().capabilities.contains(&"ping".to_string()));
+        assert!(matches!(
+            c.next_incoming().unwrap(),
+            Some(Incoming::Result { id: 1, .. })
+        ));
+        assert!(c
+            .hello()
+            .unwrap()
+            .capabilities
+            .contains(&"ping".to_string()));
     }
 
     #[test]
     fn refuses_other_versions_and_missing_hello() {
         let mut c = ClientCodec::new();
         c.feed(&hello(PROTOCOL_VERSION + 1));
-        assert!(matches!(c.next_incoming(), Err(SessionError::Version { .. })));
+        assert!(matches!(
+            c.next_incoming(),
+            Err(SessionError::Version { .. })
+        ));
         let mut c = ClientCodec::new();
-        c.feed(&ServerMessage::error(None, WireError::new(crate::ErrorCode::BadFrame, "x")).encode().unwrap());
+        c.feed(
+            &ServerMessage::error(None, WireError::new(crate::ErrorCode::BadFrame, "x"))
+                .encode()
+                .unwrap(),
+        );
         assert!(matches!(c.next_incoming(), Err(SessionError::NoHello)));
     }
 }

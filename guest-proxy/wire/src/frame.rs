@@ -334,7 +334,8 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame, FrameError> {
             let mut idb = [0u8; 8];
             idb.copy_from_slice(id);
             let id = u64::from_be_bytes(idb);
-            let stream = Stream::from_byte(stream).ok_or(FrameError::UnknownStream { id, stream })?;
+            let stream =
+                Stream::from_byte(stream).ok_or(FrameError::UnknownStream { id, stream })?;
             Ok(Frame::Data {
                 id,
                 stream,
@@ -356,10 +357,13 @@ mod tests {
         let mut out = Vec::new();
         loop {
             match d.next_frame() {
-                Ok(Some(Frame::Control(j))) => out.push(format!("C:{}", String::from_utf8_lossy(&j))),
-                Ok(Some(Frame::Data { id, stream, data })) => {
-                    out.push(format!("D:{id}:{stream:?}:{}", String::from_utf8_lossy(&data)))
+                Ok(Some(Frame::Control(j))) => {
+                    out.push(format!("C:{}", String::from_utf8_lossy(&j)))
                 }
+                Ok(Some(Frame::Data { id, stream, data })) => out.push(format!(
+                    "D:{id}:{stream:?}:{}",
+                    String::from_utf8_lossy(&data)
+                )),
                 Ok(None) => {
                     if d.pending() > 0 {
                         out.push(format!("...{}", d.pending()));
@@ -460,6 +464,10 @@ mod tests {
             d.feed(&one);
             assert!(d.next_frame().unwrap().is_some());
         }
-        assert!(d.buf.capacity() < 16 * 1024, "capacity {}", d.buf.capacity());
+        assert!(
+            d.buf.capacity() < 16 * 1024,
+            "capacity {}",
+            d.buf.capacity()
+        );
     }
 }

@@ -15,7 +15,9 @@ pub mod frame;
 pub mod message;
 
 pub use client::{ClientCodec, Incoming, SessionError};
-pub use frame::{Decoder, Frame, FrameError, FrameType, Stream, BULK_CHUNK, MAX_DATA_CHUNK, MAX_PAYLOAD};
+pub use frame::{
+    Decoder, Frame, FrameError, FrameType, Stream, BULK_CHUNK, MAX_DATA_CHUNK, MAX_PAYLOAD,
+};
 pub use message::{
     decode_result, ClientMessage, ErrorCode, Event, Hello, Limits, Op, Operation, Request,
     ServerMessage, WireError, OPERATIONS, PROGRAM_NAME, PROTOCOL_VERSION,

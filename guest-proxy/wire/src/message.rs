@@ -620,7 +620,9 @@ pub enum ClientMessage {
     Request(Request),
     /// Stop request `id`: it ends with error `cancelled` if still running;
     /// a cancel for an id not in flight is ignored.
-    Cancel { id: u64 },
+    Cancel {
+        id: u64,
+    },
 }
 
 /// Why a control frame from the appliance is not a valid message. `id` is
@@ -684,9 +686,19 @@ impl ClientMessage {
         let kind = match obj.remove("type") {
             Some(Value::String(s)) => s,
             Some(_) => {
-                return Err(MessageError::new(id, ErrorCode::BadMessage, "\"type\" is not a string"))
+                return Err(MessageError::new(
+                    id,
+                    ErrorCode::BadMessage,
+                    "\"type\" is not a string",
+                ))
             }
-            None => return Err(MessageError::new(id, ErrorCode::BadMessage, "\"type\" is missing")),
+            None => {
+                return Err(MessageError::new(
+                    id,
+                    ErrorCode::BadMessage,
+                    "\"type\" is missing",
+                ))
+            }
         };
         let need_id = || MessageError::new(None, ErrorCode::BadMessage, "\"id\" is missing");
         match kind.as_str() {
@@ -702,7 +714,11 @@ impl ClientMessage {
                         ))
                     }
                     None => {
-                        return Err(MessageError::new(Some(id), ErrorCode::BadMessage, "\"op\" is missing"))
+                        return Err(MessageError::new(
+                            Some(id),
+                            ErrorCode::BadMessage,
+                            "\"op\" is missing",
+                        ))
                     }
                 };
                 let args = match obj.remove("args") {
@@ -862,7 +878,11 @@ impl ServerMessage {
     /// Parses a control frame's payload.
     pub fn parse(json: &[u8]) -> Result<Self, MessageError> {
         serde_json::from_slice(json).map_err(|e| {
-            MessageError::new(None, ErrorCode::BadMessage, format!("invalid server message: {e}"))
+            MessageError::new(
+                None,
+                ErrorCode::BadMessage,
+                format!("invalid server message: {e}"),
+            )
         })
     }
 
@@ -945,8 +965,14 @@ mod tests {
             r#"{"type":"bogus","id":6}"#,
             "error id=Some(6) BadMessage: unknown message type \"bogus\"",
         );
-        check(r#"{"id":6}"#, "error id=Some(6) BadMessage: \"type\" is missing");
-        check(r#"[1]"#, "error id=None BadMessage: message is not a JSON object");
+        check(
+            r#"{"id":6}"#,
+            "error id=Some(6) BadMessage: \"type\" is missing",
+        );
+        check(
+            r#"[1]"#,
+            "error id=None BadMessage: message is not a JSON object",
+        );
         check(
             "{\"type\":",
             "error id=None BadMessage: invalid JSON: EOF while parsing a value at line 1 column 8",
@@ -960,9 +986,13 @@ mod tests {
             r#"{"type":"request","id":7,"op":"set_hostname","args":{"hostname":"h\u00e9\ud83d\ude00"}}"#,
             "Request(Request { id: 7, op: SetHostname(SetHostname { hostname: \"hé😀\" }) })",
         );
-        let mut bad = br#"{"type":"request","id":7,"op":"set_hostname","args":{"hostname":""#.to_vec();
+        let mut bad =
+            br#"{"type":"request","id":7,"op":"set_hostname","args":{"hostname":""#.to_vec();
         bad.extend_from_slice(b"\xff\"}}");
-        assert_eq!(ClientMessage::parse(&bad).unwrap_err().code, ErrorCode::BadMessage);
+        assert_eq!(
+            ClientMessage::parse(&bad).unwrap_err().code,
+            ErrorCode::BadMessage
+        );
         // lone surrogate escapes are refused
         check(
             r#"{"type":"request","id":8,"op":"set_hostname","args":{"hostname":"\ud800"}}"#,
@@ -1048,9 +1078,13 @@ mod tests {
         ] {
             assert_eq!(ServerMessage::parse(&m.to_json().unwrap()).unwrap(), m);
         }
-        let ServerMessage::Hello(h) = hello else { unreachable!() };
+        let ServerMessage::Hello(h) = hello else {
+            unreachable!()
+        };
         assert!(h.supports::<Exec>());
-        let ServerMessage::Result { result, .. } = result else { unreachable!() };
+        let ServerMessage::Result { result, .. } = result else {
+            unreachable!()
+        };
         assert_eq!(decode_result::<Exec>(result).unwrap().exit_code, Some(0));
         // newer peers: unknown error codes, event kinds and result fields
         let m = ServerMessage::parse(
@@ -1061,8 +1095,9 @@ mod tests {
             m,
             ServerMessage::error(Some(1), WireError::new(ErrorCode::Unknown, "m"))
         );
-        let m = ServerMessage::parse(br#"{"type":"event","id":1,"event":{"kind":"progress","pct":5}}"#)
-            .unwrap();
+        let m =
+            ServerMessage::parse(br#"{"type":"event","id":1,"event":{"kind":"progress","pct":5}}"#)
+                .unwrap();
         assert_eq!(
             m,
             ServerMessage::Event {

@@ -18,7 +18,11 @@ fn stream() -> impl Strategy<Value = Stream> {
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..300).prop_map(Frame::Control),
-        (any::<u64>(), stream(), proptest::collection::vec(any::<u8>(), 0..300))
+        (
+            any::<u64>(),
+            stream(),
+            proptest::collection::vec(any::<u8>(), 0..300)
+        )
             .prop_map(|(id, stream, data)| Frame::Data { id, stream, data }),
     ]
 }

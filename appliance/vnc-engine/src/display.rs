@@ -1,0 +1,593 @@
+//! The browser's picture as the engine tracks it: what still has to be
+//! drawn, and how a frame is composed from it.
+//!
+//! Between two frames the engine collects, in server order, the operations
+//! it can replay exactly in the browser (solid fills and copies) and the
+//! damaged areas whose pixels it must send. A frame replays the operations
+//! in order, then draws the damaged areas from the *current* framebuffer,
+//! so however many server updates were coalesced the browser ends with
+//! the newest pixels and nothing stale.
+//!
+//! The invariant: after a frame's operations, every pixel where the
+//! browser could differ from the framebuffer lies in the damage. A copy
+//! whose source overlaps not-yet-sent damage carries that damage to its
+//! destination; anything that cannot be replayed (too many operations, a
+//! resize) becomes damage.
+
+use std::time::Instant;
+
+use daas_rfb::Rect;
+
+use crate::encode::{self, Kind, Pixels};
+use crate::geom::{Area, Damage, Heat};
+use crate::guac::{Out, LAYER_DEFAULT};
+
+/// Operations kept between frames before they collapse into damage.
+const MAX_OPS: usize = 256;
+
+/// Damage rectangles up to this area are classified as one piece.
+const SMALL_AREA: u64 = 128 * 128;
+
+/// Side of the tiles a large area is classified in.
+const TILE: u32 = 64;
+
+/// More regions than this after tiling: send the area as one image.
+const MAX_REGIONS: usize = 48;
+
+/// A solid run shorter than this many tiles joins its neighbour's image.
+const MIN_SOLID_RUN: u32 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Fill { area: Area, color: u32 },
+    Copy { sx: u32, sy: u32, dst: Area },
+}
+
+/// A cursor image waiting to be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    pub(crate) hotspot_x: u16,
+    pub(crate) hotspot_y: u16,
+    pub(crate) width: u16,
+    pub(crate) height: u16,
+    pub(crate) rgba: Vec<u8>,
+}
+
+/// How to encode images.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Encoding {
+    /// The browser accepts `image/jpeg`.
+    pub(crate) jpeg: bool,
+    /// JPEG quality, 1–100.
+    pub(crate) quality: u8,
+}
+
+/// Pending drawing for the next frame.
+#[derive(Debug)]
+pub(crate) struct Display {
+    width: u32,
+    height: u32,
+    ops: Vec<Op>,
+    damage: Damage,
+    heat: Heat,
+    size_pending: bool,
+    cursor: Option<Cursor>,
+    /// Server updates completed since the last frame.
+    updates: u32,
+    enc: Encoding,
+}
+
+impl Display {
+    pub(crate) fn new(width: u16, height: u16, enc: Encoding, now: Instant) -> Display {
+        let (w, h) = (u32::from(width), u32::from(height));
+        Display {
+            width: w,
+            height: h,
+            ops: Vec::new(),
+            damage: Damage::default(),
+            heat: Heat::new(w, h, now),
+            size_pending: true,
+            cursor: None,
+            updates: 0,
+            enc,
+        }
+    }
+
+    /// The framebuffer changed size: the next frame resizes the layer and
+    /// redraws everything.
+    pub(crate) fn resize(&mut self, width: u16, height: u16, now: Instant) {
+        let (w, h) = (u32::from(width), u32::from(height));
+        self.width = w;
+        self.height = h;
+        self.ops.clear();
+        self.damage.clear();
+        self.damage.add(Area::screen(w, h));
+        self.heat = Heat::new(w, h, now);
+        self.size_pending = true;
+    }
+
+    /// The caller sent the initial `size` itself.
+    pub(crate) fn size_sent(&mut self) {
+        self.size_pending = false;
+    }
+
+    fn screen(&self) -> Area {
+        Area::screen(self.width, self.height)
+    }
+
+    fn push_op(&mut self, op: Op) {
+        if self.ops.len() >= MAX_OPS {
+            for op in std::mem::take(&mut self.ops) {
+                match op {
+                    Op::Fill { area, .. } => self.damage.add(area),
+                    Op::Copy { dst, .. } => self.damage.add(dst),
+                }
+            }
+            self.damage.add(op_area(&op));
+            return;
+        }
+        self.ops.push(op);
+    }
+
+    /// Drops damage rectangles that `a` will overwrite.
+    fn forget_damage_inside(&mut self, a: &Area) {
+        if self.damage.rects().iter().any(|r| a.contains(r)) {
+            let keep: Vec<Area> = self
+                .damage
+                .rects()
+                .iter()
+                .copied()
+                .filter(|r| !a.contains(r))
+                .collect();
+            self.damage.clear();
+            for r in keep {
+                self.damage.add(r);
+            }
+        }
+    }
+
+    pub(crate) fn fill(&mut self, rect: Rect, color: u32) {
+        let area = Area::from_rect(rect).intersect(&self.screen());
+        if area.is_empty() {
+            return;
+        }
+        self.forget_damage_inside(&area);
+        self.push_op(Op::Fill { area, color });
+    }
+
+    pub(crate) fn copy(&mut self, src_x: u16, src_y: u16, rect: Rect) {
+        let dst = Area::from_rect(rect).intersect(&self.screen());
+        if dst.is_empty() {
+            return;
+        }
+        let (sx, sy) = (u32::from(src_x), u32::from(src_y));
+        let src = Area::new(sx, sy, sx + dst.width(), sy + dst.height());
+        if src.intersect(&self.screen()) != src {
+            // daas-rfb has checked it; stay safe anyway.
+            self.damage.add(dst);
+            return;
+        }
+        let (dx, dy) = (
+            i64::from(dst.x0) - i64::from(sx),
+            i64::from(dst.y0) - i64::from(sy),
+        );
+        let carried = self.damage.translated_within(&src, dx, dy);
+        self.forget_damage_inside(&dst);
+        self.push_op(Op::Copy { sx, sy, dst });
+        for a in carried {
+            self.damage.add(a.intersect(&dst));
+        }
+    }
+
+    pub(crate) fn pixels(&mut self, rect: Rect) {
+        let area = Area::from_rect(rect).intersect(&self.screen());
+        self.damage.add(area);
+    }
+
+    pub(crate) fn cursor(&mut self, cursor: Cursor) {
+        self.cursor = Some(cursor);
+    }
+
+    pub(crate) fn update_end(&mut self) {
+        self.updates = self.updates.saturating_add(1);
+    }
+
+    /// True when a frame would draw something.
+    pub(crate) fn has_pending(&self) -> bool {
+        self.size_pending
+            || !self.ops.is_empty()
+            || !self.damage.is_empty()
+            || self.cursor.is_some()
+    }
+
+    /// Server updates merged into the next frame.
+    pub(crate) fn updates(&self) -> u32 {
+        self.updates
+    }
+
+    /// Writes everything pending (not the `sync`) and clears it.
+    pub(crate) fn compose(
+        &mut self,
+        px: Pixels<'_>,
+        out: &mut Out,
+        now: Instant,
+    ) -> Result<(), encode::EncodeError> {
+        self.updates = 0;
+        if self.size_pending {
+            out.size(LAYER_DEFAULT, self.width, self.height);
+            self.size_pending = false;
+        }
+        for op in std::mem::take(&mut self.ops) {
+            match op {
+                Op::Fill { area, color } => {
+                    out.fill(area.x0, area.y0, area.width(), area.height(), color)
+                }
+                Op::Copy { sx, sy, dst } => {
+                    out.copy(sx, sy, dst.width(), dst.height(), dst.x0, dst.y0)
+                }
+            }
+        }
+        self.damage
+            .clip(px.width().min(self.width), px.height().min(self.height));
+        let rects = self.damage.rects().to_vec();
+        self.damage.clear();
+        self.heat.record(&rects, now);
+        let mut buf = Vec::new();
+        for a in &rects {
+            self.draw_area(px, a, out, &mut buf)?;
+        }
+        if let Some(c) = self.cursor.take() {
+            let (w, h) = (u32::from(c.width), u32::from(c.height));
+            if w == 0 || h == 0 {
+                out.cursor(u32::from(c.hotspot_x), u32::from(c.hotspot_y), 0, 0, None);
+            } else {
+                buf.clear();
+                encode::png_rgba(&c.rgba, w, h, &mut buf)?;
+                out.cursor(
+                    u32::from(c.hotspot_x),
+                    u32::from(c.hotspot_y),
+                    w,
+                    h,
+                    Some(&buf),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn draw_area(
+        &self,
+        px: Pixels<'_>,
+        a: &Area,
+        out: &mut Out,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), encode::EncodeError> {
+        if a.area() <= SMALL_AREA {
+            let stats = encode::analyse(px, a, 1);
+            let kind = encode::classify(&stats, a.area(), self.heat.max_in(a), self.enc.jpeg);
+            return self.emit(px, a, kind, out, buf);
+        }
+        for (region, kind) in self.regions(px, a) {
+            self.emit(px, &region, kind, out, buf)?;
+        }
+        Ok(())
+    }
+
+    /// Splits a large area into regions of one kind: tiles are classified,
+    /// joined into runs along each tile row, and runs with the same extent
+    /// and kind are joined down the rows.
+    fn regions(&self, px: Pixels<'_>, a: &Area) -> Vec<(Area, Kind)> {
+        let mut done: Vec<(Area, Kind)> = Vec::new();
+        let mut open: Vec<(Area, Kind)> = Vec::new();
+        let mut y = a.y0;
+        while y < a.y1 {
+            let y1 = (y + TILE).min(a.y1);
+            let mut runs: Vec<(u32, u32, Kind)> = Vec::new();
+            let mut x = a.x0;
+            while x < a.x1 {
+                let x1 = (x + TILE).min(a.x1);
+                let t = Area::new(x, y, x1, y1);
+                let stats = encode::analyse(px, &t, 1);
+                let kind = encode::classify(&stats, t.area(), self.heat.max_in(&t), self.enc.jpeg);
+                match runs.last_mut() {
+                    Some(last) if last.2 == kind => last.1 = x1,
+                    _ => runs.push((x, x1, kind)),
+                }
+                x = x1;
+            }
+            let runs = absorb_short_solid_runs(runs);
+            let mut next_open = Vec::with_capacity(runs.len());
+            for (x0, x1, kind) in runs {
+                if let Some(i) = open
+                    .iter()
+                    .position(|(r, k)| r.x0 == x0 && r.x1 == x1 && *k == kind)
+                {
+                    let (mut r, k) = open.swap_remove(i);
+                    r.y1 = y1;
+                    next_open.push((r, k));
+                } else {
+                    next_open.push((Area::new(x0, y, x1, y1), kind));
+                }
+            }
+            done.append(&mut open);
+            open = next_open;
+            y = y1;
+        }
+        done.append(&mut open);
+        if done.len() > MAX_REGIONS {
+            let lossy: u64 = done
+                .iter()
+                .filter(|(_, k)| *k == Kind::Lossy)
+                .map(|(r, _)| r.area())
+                .sum();
+            let kind = if lossy * 2 > a.area() {
+                Kind::Lossy
+            } else {
+                Kind::Lossless
+            };
+            return vec![(*a, kind)];
+        }
+        done
+    }
+
+    fn emit(
+        &self,
+        px: Pixels<'_>,
+        a: &Area,
+        kind: Kind,
+        out: &mut Out,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), encode::EncodeError> {
+        let a = px.clip(a);
+        if a.is_empty() {
+            return Ok(());
+        }
+        buf.clear();
+        match kind {
+            Kind::Solid(color) => out.fill(a.x0, a.y0, a.width(), a.height(), color),
+            Kind::Lossy if self.enc.jpeg => {
+                encode::jpeg(px, &a, self.enc.quality, buf)?;
+                out.image(LAYER_DEFAULT, "image/jpeg", a.x0, a.y0, buf);
+            }
+            Kind::Lossy | Kind::Lossless => {
+                encode::png(px, &a, buf)?;
+                out.image(LAYER_DEFAULT, "image/png", a.x0, a.y0, buf);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn op_area(op: &Op) -> Area {
+    match op {
+        Op::Fill { area, .. } => *area,
+        Op::Copy { dst, .. } => *dst,
+    }
+}
+
+/// Short solid runs between images are sent as part of a neighbouring
+/// image (one image is cheaper than image + fill + image); adjacent runs
+/// of one kind are then joined.
+fn absorb_short_solid_runs(runs: Vec<(u32, u32, Kind)>) -> Vec<(u32, u32, Kind)> {
+    if runs.len() < 2 {
+        return runs;
+    }
+    let n = runs.len();
+    let mut kinds: Vec<Kind> = runs.iter().map(|r| r.2).collect();
+    for i in 0..n {
+        let (x0, x1, k) = runs[i];
+        if matches!(k, Kind::Solid(_)) && (x1 - x0) < MIN_SOLID_RUN * TILE {
+            let left = i.checked_sub(1).map(|j| kinds[j]);
+            let right = runs.get(i + 1).map(|r| r.2);
+            let pick = [left, right]
+                .into_iter()
+                .flatten()
+                .filter(|k| !matches!(k, Kind::Solid(_)))
+                .min_by_key(|k| matches!(k, Kind::Lossy));
+            if let Some(p) = pick {
+                kinds[i] = p;
+            }
+        }
+    }
+    let mut out: Vec<(u32, u32, Kind)> = Vec::with_capacity(n);
+    for (i, (x0, x1, _)) in runs.into_iter().enumerate() {
+        let k = kinds[i];
+        match out.last_mut() {
+            Some(last) if last.2 == k && last.1 == x0 => last.1 = x1,
+            _ => out.push((x0, x1, k)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use daas_guacamole::{Decoder, Instruction};
+
+    fn frame(d: &mut Display, px: Pixels<'_>) -> Vec<Instruction> {
+        let mut out = Out::default();
+        d.compose(px, &mut out, Instant::now()).unwrap();
+        let (chunks, _) = out.take();
+        let mut dec = Decoder::new();
+        let mut v = Vec::new();
+        for c in chunks {
+            dec.push(&c).unwrap();
+            while let Some(i) = dec.next_instruction().unwrap() {
+                v.push(i);
+            }
+        }
+        v
+    }
+
+    fn ops(v: &[Instruction]) -> Vec<String> {
+        v.iter()
+            .filter(|i| i.opcode != "blob" && i.opcode != "end")
+            .map(|i| format!("{},{}", i.opcode, i.args.join(",")))
+            .collect()
+    }
+
+    const ENC: Encoding = Encoding {
+        jpeg: true,
+        quality: 80,
+    };
+
+    #[test]
+    fn first_frame_sizes_and_replays_ops_in_order() {
+        let (w, h) = (256u16, 128u16);
+        let fb = vec![0x00ff_0000u32; 256 * 128];
+        let mut d = Display::new(w, h, ENC, Instant::now());
+        d.fill(Rect::new(0, 0, 256, 128), 0x00ff_0000);
+        d.copy(0, 0, Rect::new(10, 10, 20, 20));
+        d.update_end();
+        assert!(d.has_pending());
+        assert_eq!(d.updates(), 1);
+        let v = frame(&mut d, Pixels::new(&fb, 256, 128));
+        assert_eq!(
+            ops(&v),
+            [
+                "size,0,256,128",
+                "rect,0,0,0,256,128",
+                "cfill,14,0,255,0,0,255",
+                "copy,0,0,0,20,20,14,0,10,10"
+            ]
+        );
+        assert!(!d.has_pending());
+        assert!(frame(&mut d, Pixels::new(&fb, 256, 128)).is_empty());
+    }
+
+    #[test]
+    fn a_copy_carries_unsent_damage_to_its_destination() {
+        let fb = vec![0x0000_00ffu32; 100 * 100];
+        let mut d = Display::new(100, 100, ENC, Instant::now());
+        let _ = frame(&mut d, Pixels::new(&fb, 100, 100));
+        d.pixels(Rect::new(0, 90, 10, 10));
+        // Scroll everything up by 10 rows.
+        d.copy(0, 10, Rect::new(0, 0, 100, 90));
+        let v = frame(&mut d, Pixels::new(&fb, 100, 100));
+        let o = ops(&v);
+        assert_eq!(o[0], "copy,0,0,10,100,90,14,0,0,0");
+        // The unsent rows 90..100 are drawn, and so is their copy at 80..90
+        // (merged into one area; all blue: a fill).
+        assert!(
+            o[1..].iter().any(|s| s.starts_with("rect,0,0,80,10,20")),
+            "{o:?}"
+        );
+    }
+
+    #[test]
+    fn a_fill_over_damage_replaces_it() {
+        let fb = vec![7u32; 64 * 64];
+        let mut d = Display::new(64, 64, ENC, Instant::now());
+        let _ = frame(&mut d, Pixels::new(&fb, 64, 64));
+        d.pixels(Rect::new(1, 1, 5, 5));
+        d.fill(Rect::new(0, 0, 64, 64), 7);
+        let v = frame(&mut d, Pixels::new(&fb, 64, 64));
+        assert_eq!(ops(&v), ["rect,0,0,0,64,64", "cfill,14,0,0,0,7,255"]);
+    }
+
+    #[test]
+    fn many_ops_collapse_into_damage() {
+        let fb = vec![1u32; 300 * 300];
+        let mut d = Display::new(300, 300, ENC, Instant::now());
+        let _ = frame(&mut d, Pixels::new(&fb, 300, 300));
+        for i in 0..1000u16 {
+            d.fill(Rect::new(i % 290, i % 290, 5, 5), u32::from(i));
+        }
+        assert!(d.ops.len() <= MAX_OPS);
+        let v = frame(&mut d, Pixels::new(&fb, 300, 300));
+        assert!(v.len() <= 2 * MAX_OPS + 100, "{}", v.len());
+    }
+
+    #[test]
+    fn large_areas_split_into_fills_pngs_and_jpegs() {
+        let (w, h) = (512u32, 256u32);
+        let mut x = 12345u32;
+        let fb: Vec<u32> = (0..w * h)
+            .map(|i| {
+                let (px, py) = (i % w, i / w);
+                if px < 256 {
+                    // Left: photo-like noise.
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x & 0x00ff_ffff
+                } else if py < 128 {
+                    // Top right: text-like.
+                    if (px * 3 + py * 5) % 7 == 0 {
+                        0
+                    } else {
+                        0x00ff_ffff
+                    }
+                } else {
+                    0x0000_8000
+                }
+            })
+            .collect();
+        let mut d = Display::new(512, 256, ENC, Instant::now());
+        let _ = frame(&mut d, Pixels::new(&fb, w, h));
+        d.pixels(Rect::new(0, 0, 512, 256));
+        let v = frame(&mut d, Pixels::new(&fb, w, h));
+        let o = ops(&v);
+        assert!(o.iter().any(|s| s.contains("image/jpeg,0,0")), "{o:?}");
+        assert!(o.iter().any(|s| s.contains("image/png,256,0")), "{o:?}");
+        assert!(o.iter().any(|s| s == "rect,0,256,128,256,128"), "{o:?}");
+        assert!(o.len() <= 6, "{o:?}");
+        // Without JPEG support: PNG only.
+        let mut d = Display::new(
+            512,
+            256,
+            Encoding {
+                jpeg: false,
+                quality: 80,
+            },
+            Instant::now(),
+        );
+        let v = frame(&mut d, Pixels::new(&fb, w, h));
+        assert!(!ops(&v).iter().any(|s| s.contains("jpeg")));
+    }
+
+    #[test]
+    fn resize_redraws_everything_and_cursor_goes_last() {
+        let fb = vec![3u32; 50 * 40];
+        let mut d = Display::new(100, 100, ENC, Instant::now());
+        let _ = frame(&mut d, Pixels::new(&[0; 100 * 100], 100, 100));
+        d.fill(Rect::new(0, 0, 10, 10), 9);
+        d.resize(50, 40, Instant::now());
+        d.cursor(Cursor {
+            hotspot_x: 1,
+            hotspot_y: 2,
+            width: 2,
+            height: 1,
+            rgba: vec![255; 8],
+        });
+        let o = ops(&frame(&mut d, Pixels::new(&fb, 50, 40)));
+        assert_eq!(o[0], "size,0,50,40");
+        assert_eq!(o[1], "rect,0,0,0,50,40");
+        assert_eq!(o[2], "cfill,14,0,0,0,3,255");
+        assert_eq!(o.last().unwrap(), "cursor,1,2,-1,0,0,2,1");
+        // Pixels beyond a too-short framebuffer are clipped, not read.
+        d.pixels(Rect::new(0, 0, 50, 40));
+        let _ = frame(&mut d, Pixels::new(&fb[..50 * 10], 50, 40));
+    }
+
+    #[test]
+    fn short_solid_runs_join_images() {
+        let t = TILE;
+        let runs = vec![
+            (0, t, Kind::Lossless),
+            (t, 2 * t, Kind::Solid(1)),
+            (2 * t, 3 * t, Kind::Lossless),
+            (3 * t, 10 * t, Kind::Solid(1)),
+            (10 * t, 11 * t, Kind::Lossy),
+        ];
+        assert_eq!(
+            absorb_short_solid_runs(runs),
+            vec![
+                (0, 3 * t, Kind::Lossless),
+                (3 * t, 10 * t, Kind::Solid(1)),
+                (10 * t, 11 * t, Kind::Lossy)
+            ]
+        );
+    }
+}

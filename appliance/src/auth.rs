@@ -7,7 +7,9 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 use base64::Engine as _;
 use rand::RngCore;
@@ -50,7 +52,10 @@ pub fn check_new_password(pw: &str) -> Result<(), CredentialError> {
 pub fn check_user_name(name: &str) -> Result<(), CredentialError> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
@@ -148,14 +153,21 @@ impl Throttle {
                 v.retain(|t| now.duration_since(*t) < self.window);
                 if v.len() >= self.max as usize {
                     let oldest = v[0];
-                    let wait = self.window.saturating_sub(now.duration_since(oldest)).as_secs() + 1;
+                    let wait = self
+                        .window
+                        .saturating_sub(now.duration_since(oldest))
+                        .as_secs()
+                        + 1;
                     worst = Some(worst.map_or(wait, |w: u64| w.max(wait)));
                 }
             }
         }
         // Keep the map from growing without bound.
         if map.len() > 100_000 {
-            map.retain(|_, v| v.last().is_some_and(|t| now.duration_since(*t) < self.window));
+            map.retain(|_, v| {
+                v.last()
+                    .is_some_and(|t| now.duration_since(*t) < self.window)
+            });
         }
         worst
     }
@@ -236,7 +248,10 @@ mod tests {
     #[test]
     fn password_and_name_rules() {
         assert_eq!(check_new_password("short"), Err(CredentialError::TooShort));
-        assert_eq!(check_new_password(&"x".repeat(2000)), Err(CredentialError::TooLong));
+        assert_eq!(
+            check_new_password(&"x".repeat(2000)),
+            Err(CredentialError::TooLong)
+        );
         assert!(check_new_password("Grüße-日本語").is_ok());
         for ok in ["ann", "a.b-c_d@x", "7zip"] {
             assert!(check_user_name(ok).is_ok(), "{ok}");
@@ -255,9 +270,17 @@ mod tests {
             t.failed("ann", ip);
         }
         assert!(t.retry_after("ann", ip).is_some());
-        assert!(t.retry_after("ANN", None).is_some(), "names are case-insensitive");
-        assert!(t.retry_after("bob", ip).is_some(), "the address is throttled too");
-        assert!(t.retry_after("bob", Some("127.0.0.2".parse().unwrap())).is_none());
+        assert!(
+            t.retry_after("ANN", None).is_some(),
+            "names are case-insensitive"
+        );
+        assert!(
+            t.retry_after("bob", ip).is_some(),
+            "the address is throttled too"
+        );
+        assert!(t
+            .retry_after("bob", Some("127.0.0.2".parse().unwrap()))
+            .is_none());
     }
 
     #[test]

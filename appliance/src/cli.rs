@@ -131,6 +131,11 @@ fn read_password() -> Result<String, String> {
 }
 
 fn store(cfg: &Config) -> Result<Store, String> {
+    let path = cfg.store_path();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create the state directory {}: {e}", dir.display()))?;
+    }
     Store::open(&cfg.store_path()).map_err(|e| crate::jobs::error_chain(&e))
 }
 
@@ -167,7 +172,9 @@ fn run(cli: Cli) -> Result<(), String> {
             match cmd {
                 UserCmd::Add { name, role, .. } => {
                     auth::check_user_name(&name).map_err(|e| e.to_string())?;
-                    let role: Role = role.parse().map_err(|e: crate::model::UnknownName| e.to_string())?;
+                    let role: Role = role
+                        .parse()
+                        .map_err(|e: crate::model::UnknownName| e.to_string())?;
                     let pw = read_password()?;
                     let hash = auth::hash_password(&pw).map_err(|e| e.to_string())?;
                     let u = store.create_user(&name, role, &hash).map_err(|e| match e {
@@ -190,12 +197,17 @@ fn run(cli: Cli) -> Result<(), String> {
                     let u = user_by_name(&store, &name)?;
                     let pw = read_password()?;
                     let hash = auth::hash_password(&pw).map_err(|e| e.to_string())?;
-                    store.set_password(&u.id, &hash).map_err(|e| e.to_string())?;
+                    store
+                        .set_password(&u.id, &hash)
+                        .map_err(|e| e.to_string())?;
                     println!("password of {name} changed; their sessions ended");
                 }
                 UserCmd::Disable { name } => {
                     let u = user_by_name(&store, &name)?;
-                    if u.is_admin() && !u.disabled && store.active_admins().map_err(|e| e.to_string())? <= 1 {
+                    if u.is_admin()
+                        && !u.disabled
+                        && store.active_admins().map_err(|e| e.to_string())? <= 1
+                    {
                         return Err("the last admin cannot be disabled".into());
                     }
                     store.set_disabled(&u.id, true).map_err(|e| e.to_string())?;
@@ -203,7 +215,9 @@ fn run(cli: Cli) -> Result<(), String> {
                 }
                 UserCmd::Enable { name } => {
                     let u = user_by_name(&store, &name)?;
-                    store.set_disabled(&u.id, false).map_err(|e| e.to_string())?;
+                    store
+                        .set_disabled(&u.id, false)
+                        .map_err(|e| e.to_string())?;
                     println!("{name} enabled");
                 }
             }
@@ -226,7 +240,9 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Db(DbCmd::Backup { dest }) => {
             let store = store(&cfg)?;
-            store.backup_to(&dest).map_err(|e| crate::jobs::error_chain(&e))?;
+            store
+                .backup_to(&dest)
+                .map_err(|e| crate::jobs::error_chain(&e))?;
             println!("backup written to {}", dest.display());
             Ok(())
         }
@@ -240,17 +256,22 @@ fn serve(cfg: Config, demo: bool) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     rt.block_on(async move {
-        let app = Appliance::build(cfg, Options { demo })
-            .await
-            .map_err(|e| crate::jobs::error_chain(&e))?;
-        println!("DaaS appliance listening on {}", app.url());
-        if let Some(fp) = app.tls_fingerprint() {
-            println!("TLS certificate SHA-256 fingerprint: {fp}");
-        }
+        let app = Appliance::build(
+            cfg,
+            Options {
+                demo,
+                announce: true,
+            },
+        )
+        .await
+        .map_err(|e| crate::jobs::error_chain(&e))?;
         let stop = app.shutdown_token();
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
                 return;
             };
             tokio::select! {

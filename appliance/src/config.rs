@@ -364,7 +364,10 @@ impl std::str::FromStr for Geometry {
         if !(64..=8192).contains(&w) || !(64..=8192).contains(&h) {
             return Err(bad());
         }
-        Ok(Geometry { width: w, height: h })
+        Ok(Geometry {
+            width: w,
+            height: h,
+        })
     }
 }
 
@@ -394,15 +397,23 @@ impl Config {
     /// Parses and validates TOML text; `path` is used in errors.
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .unwrap_or((1, 1));
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+            let message = e.message().trim();
+            let message = match key_at(text, line) {
+                Some(key)
+                    if !message
+                        .contains(&format!("`{}`", key.rsplit('.').next().unwrap_or(""))) =>
+                {
+                    format!("{key}: {message}")
+                }
+                Some(key) => format!("in {key}: {message}"),
+                None => message.to_owned(),
+            };
             ConfigError::Invalid {
                 path: path.to_owned(),
                 line,
                 column,
-                message: e.message().trim().to_owned(),
+                message,
             }
         })?;
         cfg.validate(text, path)?;
@@ -430,19 +441,28 @@ impl Config {
             );
         }
         if s.tls_cert.is_some() != s.tls_key.is_some() {
-            return err("tls_cert", "tls_cert and tls_key must be given together".into());
+            return err(
+                "tls_cert",
+                "tls_cert and tls_key must be given together".into(),
+            );
         }
         if s.max_body_bytes < 1024 {
             return err("max_body_bytes", "must be at least 1024".into());
         }
         if self.gateway.engine == Engine::Guacd && self.gateway.guacd.trim().is_empty() {
-            return err("guacd", "the guacd engine needs guacd = \"HOST:PORT\"".into());
+            return err(
+                "guacd",
+                "the guacd engine needs guacd = \"HOST:PORT\"".into(),
+            );
         }
         if self.gateway.ticket_ttl_secs == 0 || self.gateway.ticket_ttl_secs > 600 {
             return err("ticket_ttl_secs", "must be between 1 and 600".into());
         }
         if self.auth.session_idle_secs <= 0 || self.auth.session_absolute_secs <= 0 {
-            return err("session_idle_secs", "session lifetimes must be positive".into());
+            return err(
+                "session_idle_secs",
+                "session lifetimes must be positive".into(),
+            );
         }
         if self.jobs.workers == 0 || self.jobs.workers > 256 {
             return err("workers", "must be between 1 and 256".into());
@@ -453,7 +473,12 @@ impl Config {
         if !self.paths.state_dir.is_absolute() {
             return err("state_dir", "must be an absolute path".into());
         }
-        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
             return err("level", format!("invalid log filter {:?}", self.log.level));
         }
         Ok(())
@@ -479,6 +504,26 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, col)
+}
+
+/// The dotted key assigned (or table opened) on a 1-based line.
+fn key_at(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let l = lines.get(line.checked_sub(1)?)?.trim();
+    if l.starts_with('[') {
+        return Some(l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    }
+    let key = l.split_once('=')?.0.trim().trim_matches('"').to_owned();
+    let table = lines[..line - 1]
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with('['))
+        .map(|t| t.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key,
+    })
 }
 
 /// The line of the first `key =` assignment, for errors found after parsing.
@@ -525,13 +570,25 @@ mod tests {
     #[test]
     fn errors_name_key_file_and_line() {
         let cases: &[(&str, usize, &str)] = &[
-            ("[server]\nlisten = \"127.0.0.1:1\"\nlisten_typo = 1\n", 3, "listen_typo"),
+            (
+                "[server]\nlisten = \"127.0.0.1:1\"\nlisten_typo = 1\n",
+                3,
+                "listen_typo",
+            ),
             ("\n[gateway]\nengine = \"rdp\"\n", 3, "rdp"),
             ("[server]\nlisten = \"nonsense\"\n", 2, "socket address"),
             ("[nope]\n", 1, "nope"),
-            ("[limits]\nenvironments_per_user = -1\n", 2, "environments_per_user"),
+            (
+                "[limits]\nenvironments_per_user = -1\n",
+                2,
+                "environments_per_user",
+            ),
             ("[backends.local]\ngeometry = \"10x10\"\n", 2, "geometry"),
-            ("[server]\nlisten = \"0.0.0.0:80\"\ntls = \"off\"\n", 2, "insecure_http"),
+            (
+                "[server]\nlisten = \"0.0.0.0:80\"\ntls = \"off\"\n",
+                2,
+                "insecure_http",
+            ),
             ("[jobs]\nworkers = 0\n", 2, "workers"),
             ("[server\n", 1, ""),
         ];

@@ -10,7 +10,17 @@ use crate::model::*;
 
 /// The demo apps: name, command. Those whose program is missing are skipped.
 const APPS: &[(&str, &[&str])] = &[
-    ("XTerm", &["xterm", "-maximized", "-fa", "DejaVu Sans Mono", "-fs", "12"]),
+    (
+        "XTerm",
+        &[
+            "xterm",
+            "-maximized",
+            "-fa",
+            "DejaVu Sans Mono",
+            "-fs",
+            "12",
+        ],
+    ),
     ("X Clock", &["xclock", "-update", "1"]),
     ("X Eyes", &["xeyes"]),
 ];
@@ -49,7 +59,12 @@ pub async fn seed(lc: &Lifecycle, admin: &User) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     wait(lc, &b.job.id).await?;
     let e = lc
-        .derive(admin, Phase::Baseimage, &b.item.id, new("Demo environment", Spec::default(), false))
+        .derive(
+            admin,
+            Phase::Baseimage,
+            &b.item.id,
+            new("Demo environment", Spec::default(), false),
+        )
         .map_err(|e| e.to_string())?;
     wait(lc, &e.job.id).await?;
     let d = lc
@@ -77,7 +92,11 @@ pub async fn seed(lc: &Lifecycle, admin: &User) -> Result<(), String> {
             .iter()
             .any(|dir| std::path::Path::new(dir).join(cmd[0]).exists());
         if !found {
-            warn!(app = name, program = cmd[0], "demo app skipped: program not installed");
+            warn!(
+                app = name,
+                program = cmd[0],
+                "demo app skipped: program not installed"
+            );
             continue;
         }
         let spec = Spec {
@@ -99,7 +118,11 @@ async fn wait(lc: &Lifecycle, job_id: &str) -> Result<(), String> {
         match j.state {
             JobState::Succeeded => return Ok(()),
             JobState::Failed | JobState::Cancelled => {
-                return Err(format!("demo job {job_id} {}: {}", j.state, j.error.unwrap_or_default()))
+                return Err(format!(
+                    "demo job {job_id} {}: {}",
+                    j.state,
+                    j.error.unwrap_or_default()
+                ))
             }
             _ => tokio::time::sleep(Duration::from_millis(50)).await,
         }

@@ -254,7 +254,9 @@ impl Engine {
             if j.state == JobState::Running {
                 info!(job_id = %j.id, kind = %j.kind, "resuming a job cut off by a restart");
                 let log = self.log(&j.id);
-                log.warn("the appliance restarted during this job; resuming from the last checkpoint");
+                log.warn(
+                    "the appliance restarted during this job; resuming from the last checkpoint",
+                );
             }
             self.submit(&j.id);
         }
@@ -291,7 +293,9 @@ impl Engine {
                         }
                     };
                     let Some(id) = next else { break };
-                    me.run_job(&id).instrument(info_span!("job", job_id = %id, worker = n)).await;
+                    me.run_job(&id)
+                        .instrument(info_span!("job", job_id = %id, worker = n))
+                        .await;
                 }
             });
         }
@@ -308,7 +312,10 @@ impl Engine {
     pub async fn drain(&self, grace: Duration) {
         self.inner.draining.store(true, Ordering::Release);
         self.inner.tracker.close();
-        if tokio::time::timeout(grace, self.inner.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.inner.tracker.wait())
+            .await
+            .is_err()
+        {
             warn!("jobs still running at shutdown; they resume at the next start");
         }
     }
@@ -505,7 +512,9 @@ impl Engine {
                 *backend_time += t.elapsed();
                 match r {
                     Ok(()) => break,
-                    Err(JobError::Backend(e)) if e.retryable() && attempt < self.inner.cfg.max_attempts => {
+                    Err(JobError::Backend(e))
+                        if e.retryable() && attempt < self.inner.cfg.max_attempts =>
+                    {
                         self.inner.metrics.retries.fetch_add(1, Ordering::Relaxed);
                         log.warn(&format!(
                             "attempt {attempt} failed: {}; retrying in {} ms",
@@ -519,10 +528,18 @@ impl Engine {
                         delay *= 2;
                         attempt += 1;
                     }
-                    Err(JobError::Backend(BackendError::Cancelled)) => return Err(JobError::Cancelled),
+                    Err(JobError::Backend(BackendError::Cancelled)) => {
+                        return Err(JobError::Cancelled)
+                    }
                     Err(e) => {
                         let msg = error_chain(&e);
-                        store.set_step_state(&job.id, s.idx, StepState::Failed, Some(&msg), pct(s.idx, total))?;
+                        store.set_step_state(
+                            &job.id,
+                            s.idx,
+                            StepState::Failed,
+                            Some(&msg),
+                            pct(s.idx, total),
+                        )?;
                         return Err(e);
                     }
                 }
@@ -542,7 +559,9 @@ impl Engine {
             .backends
             .get(obj.backend)
             .cloned()
-            .ok_or_else(|| JobError::Invalid(format!("the {} backend is not configured", obj.backend)))?;
+            .ok_or_else(|| {
+                JobError::Invalid(format!("the {} backend is not configured", obj.backend))
+            })?;
         Ok((obj, b))
     }
 

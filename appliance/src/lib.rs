@@ -29,7 +29,7 @@ pub mod reconcile;
 pub mod store;
 pub mod web;
 
-use backend::{Backends, BackendError};
+use backend::{BackendError, Backends};
 use config::Config;
 use jobs::{error_chain, Engine};
 use lifecycle::Lifecycle;
@@ -77,6 +77,8 @@ pub enum StartError {
 pub struct Options {
     /// Seed the demo catalogue on first start.
     pub demo: bool,
+    /// Print where the portal is on standard output once ready (the CLI).
+    pub announce: bool,
 }
 
 /// A built appliance, bound to its port, not yet serving.
@@ -127,19 +129,31 @@ impl Appliance {
                 &cfg.paths.state_dir,
                 events_tx.clone(),
             )
-            .map_err(|source| StartError::Backend { backend: "local", source })?;
+            .map_err(|source| StartError::Backend {
+                backend: "local",
+                source,
+            })?;
             use backend::Backend as _;
-            local
-                .check()
-                .await
-                .map_err(|source| StartError::Backend { backend: "local", source })?;
+            local.check().await.map_err(|source| StartError::Backend {
+                backend: "local",
+                source,
+            })?;
             backends.insert(Arc::new(local));
         }
 
         let engine = Engine::new(store.clone(), backends.clone(), cfg.jobs.clone());
-        let tickets = Arc::new(auth::Tickets::new(Duration::from_secs(cfg.gateway.ticket_ttl_secs)));
-        let lifecycle = Lifecycle::new(store.clone(), engine.clone(), backends.clone(), tickets, cfg.clone());
-        let reconciler = reconcile::Reconciler::new(store.clone(), backends.clone(), engine.clone());
+        let tickets = Arc::new(auth::Tickets::new(Duration::from_secs(
+            cfg.gateway.ticket_ttl_secs,
+        )));
+        let lifecycle = Lifecycle::new(
+            store.clone(),
+            engine.clone(),
+            backends.clone(),
+            tickets,
+            cfg.clone(),
+        );
+        let reconciler =
+            reconcile::Reconciler::new(store.clone(), backends.clone(), engine.clone());
 
         let (tls, tls_fingerprint) = if cfg.tls_enabled() {
             let (c, fp) = web::serve::tls_config(&cfg)?;
@@ -223,6 +237,7 @@ impl Appliance {
     /// work, open tunnels closed, running jobs given the grace period to
     /// reach a checkpoint (they resume at the next start).
     pub async fn run_until_stopped(self) -> Result<(), StartError> {
+        let url = self.url();
         let Appliance {
             cfg,
             opts,
@@ -234,7 +249,7 @@ impl Appliance {
             reconciler,
             events,
             shutdown,
-            ..
+            tls_fingerprint,
         } = self;
 
         // Crash leftovers first: reap orphaned sessions, then resume jobs.
@@ -247,19 +262,30 @@ impl Appliance {
         }
         engine.start(shutdown.clone(), events);
         if cfg.reconciler.interval_secs > 0 {
-            tokio::spawn(
-                reconciler
-                    .clone()
-                    .run(Duration::from_secs(cfg.reconciler.interval_secs), shutdown.clone()),
-            );
+            tokio::spawn(reconciler.clone().run(
+                Duration::from_secs(cfg.reconciler.interval_secs),
+                shutdown.clone(),
+            ));
         }
         spawn_housekeeping(state.clone(), shutdown.clone());
 
         let app = web::router(state.clone());
         let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
-        let server = tokio::spawn(web::serve::serve(listener, tls, app, shutdown.clone(), grace));
+        let server = tokio::spawn(web::serve::serve(
+            listener,
+            tls,
+            app,
+            shutdown.clone(),
+            grace,
+        ));
         state.ready.store(true, Ordering::Release);
         info!(%addr, "listening");
+        if opts.announce {
+            println!("DaaS appliance listening on {url}");
+            if let Some(fp) = &tls_fingerprint {
+                println!("TLS certificate SHA-256 fingerprint: {fp}");
+            }
+        }
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         spawn_watchdog(state.clone(), shutdown.clone());
 
@@ -297,7 +323,11 @@ fn demo_admin(lc: &Lifecycle) -> Result<model::User, String> {
     if let Some(a) = users.iter().find(|u| u.is_admin() && !u.disabled) {
         return Ok(a.clone());
     }
-    let pw = auth::new_secret("").chars().filter(char::is_ascii_alphanumeric).take(16).collect::<String>();
+    let pw = auth::new_secret("")
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(16)
+        .collect::<String>();
     let hash = auth::hash_password(&pw).map_err(|e| e.to_string())?;
     let u = store
         .create_user("admin", model::Role::Admin, &hash)

@@ -118,7 +118,13 @@ const MAX_COMMAND_WORDS: usize = 64;
 
 impl Lifecycle {
     /// The service.
-    pub fn new(store: Store, engine: Engine, backends: Backends, tickets: Arc<Tickets>, cfg: Arc<Config>) -> Self {
+    pub fn new(
+        store: Store,
+        engine: Engine,
+        backends: Backends,
+        tickets: Arc<Tickets>,
+        cfg: Arc<Config>,
+    ) -> Self {
         Lifecycle {
             store,
             engine,
@@ -140,7 +146,10 @@ impl Lifecycle {
 
     /// Backends and their capabilities.
     pub fn backends(&self) -> Vec<(BackendKind, Capabilities)> {
-        self.backends.iter().map(|b| (b.kind(), b.capabilities())).collect()
+        self.backends
+            .iter()
+            .map(|b| (b.kind(), b.capabilities()))
+            .collect()
     }
 
     fn check_accepting(&self) -> Result<()> {
@@ -187,7 +196,9 @@ impl Lifecycle {
     /// Makes a Baseimage (admins only).
     pub fn create_baseimage(&self, user: &User, req: NewObject) -> Result<Accepted<Object>> {
         if !user.is_admin() {
-            return Err(LifecycleError::Forbidden("only admins make Baseimages".into()));
+            return Err(LifecycleError::Forbidden(
+                "only admins make Baseimages".into(),
+            ));
         }
         let backend = req.backend.unwrap_or(BackendKind::Local);
         if self.backends.get(backend).is_none() {
@@ -223,7 +234,13 @@ impl Lifecycle {
     }
 
     /// CloneTemplate, CreateSnapshot or RunApp: makes the child of `parent_id`.
-    pub fn derive(&self, user: &User, parent_phase: Phase, parent_id: &str, req: NewObject) -> Result<Accepted<Object>> {
+    pub fn derive(
+        &self,
+        user: &User,
+        parent_phase: Phase,
+        parent_id: &str,
+        req: NewObject,
+    ) -> Result<Accepted<Object>> {
         let parent = self.object(user, parent_id)?;
         if parent.phase != parent_phase {
             return Err(LifecycleError::NotFound("object"));
@@ -252,7 +269,9 @@ impl Lifecycle {
             ));
         }
         if req.shared && !user.is_admin() {
-            return Err(LifecycleError::Forbidden("only admins share Apps with every user".into()));
+            return Err(LifecycleError::Forbidden(
+                "only admins share Apps with every user".into(),
+            ));
         }
         if req.shared && phase != Phase::App {
             return Err(LifecycleError::Invalid("only Apps can be shared".into()));
@@ -293,7 +312,8 @@ impl Lifecycle {
             user_id: user.id.clone(),
             steps,
         };
-        let limit = (obj.phase == Phase::Environment).then_some(self.cfg.limits.environments_per_user);
+        let limit =
+            (obj.phase == Phase::Environment).then_some(self.cfg.limits.environments_per_user);
         let job = self.store.insert_object_with_job(&obj, &job, limit)?;
         self.engine.submit(&job.id);
         Ok(Accepted { item: obj, job })
@@ -312,7 +332,9 @@ impl Lifecycle {
         self.check_accepting()?;
         let o = self.owned(user, id)?;
         if o.phase == Phase::App {
-            return Err(LifecycleError::Conflict("Apps have no subphases to finalize".into()));
+            return Err(LifecycleError::Conflict(
+                "Apps have no subphases to finalize".into(),
+            ));
         }
         let (_, live) = self.store.object_dependents(&o.id)?;
         if live > 0 {
@@ -332,7 +354,10 @@ impl Lifecycle {
             .store
             .enqueue_object_job(&o.id, &[Subphase::ConfigInteractive], &job)?;
         self.engine.submit(&job.id);
-        Ok(Accepted { item: self.store.object(&o.id)?, job })
+        Ok(Accepted {
+            item: self.store.object(&o.id)?,
+            job,
+        })
     }
 
     /// Runs a failed object's plan again from its current subphase.
@@ -340,11 +365,16 @@ impl Lifecycle {
         self.check_accepting()?;
         let o = self.owned(user, id)?;
         if o.status != ObjectStatus::Failed {
-            return Err(LifecycleError::Conflict("only a failed object can be retried".into()));
+            return Err(LifecycleError::Conflict(
+                "only a failed object can be retried".into(),
+            ));
         }
         let steps = plan(o.phase, o.subphase, &o.spec);
         if steps.is_empty() {
-            return Err(LifecycleError::Conflict(format!("nothing to retry in {}", o.subphase)));
+            return Err(LifecycleError::Conflict(format!(
+                "nothing to retry in {}",
+                o.subphase
+            )));
         }
         let kind = if matches!(o.subphase, Subphase::Finalize) {
             JobKind::Finalize
@@ -361,7 +391,10 @@ impl Lifecycle {
         };
         let job = self.store.enqueue_object_job(&o.id, &[o.subphase], &job)?;
         self.engine.submit(&job.id);
-        Ok(Accepted { item: self.store.object(&o.id)?, job })
+        Ok(Accepted {
+            item: self.store.object(&o.id)?,
+            job,
+        })
     }
 
     /// Deletes an object without children or live instances (a job).
@@ -424,7 +457,9 @@ impl Lifecycle {
             }
         };
         let live = self.store.instances(Some(&user.id), true)?;
-        let already = live.iter().any(|i| i.object_id == o.id && i.state != InstanceState::Stopping);
+        let already = live
+            .iter()
+            .any(|i| i.object_id == o.id && i.state != InstanceState::Stopping);
         if !already && live.len() >= self.cfg.limits.instances_per_user as usize {
             return Err(LifecycleError::Conflict(format!(
                 "you already have {} open instances, the most allowed; stop one first",
@@ -432,14 +467,16 @@ impl Lifecycle {
             )));
         }
         let uid = user.id.clone();
-        let (inst, job, fresh) = self.store.open_instance(&o.id, &user.id, purpose, |iid| NewJob {
-            id: new_id(),
-            kind: JobKind::StartInstance,
-            object_id: None,
-            instance_id: Some(iid.to_owned()),
-            user_id: uid,
-            steps: vec![Step::StartInstance],
-        })?;
+        let (inst, job, fresh) =
+            self.store
+                .open_instance(&o.id, &user.id, purpose, |iid| NewJob {
+                    id: new_id(),
+                    kind: JobKind::StartInstance,
+                    object_id: None,
+                    instance_id: Some(iid.to_owned()),
+                    user_id: uid,
+                    steps: vec![Step::StartInstance],
+                })?;
         if fresh {
             self.engine.submit(&job.id);
         }
@@ -458,7 +495,9 @@ impl Lifecycle {
     /// Instances: the user's, or with `all` (admins) everyone's.
     pub fn instances(&self, user: &User, all: bool, active: bool) -> Result<Vec<Instance>> {
         if all && !user.is_admin() {
-            return Err(LifecycleError::Forbidden("only admins list everyone's instances".into()));
+            return Err(LifecycleError::Forbidden(
+                "only admins list everyone's instances".into(),
+            ));
         }
         Ok(self
             .store
@@ -520,7 +559,10 @@ impl Lifecycle {
     pub fn cancel(&self, user: &User, id: &str) -> Result<Job> {
         let (j, _) = self.job(user, id)?;
         if j.state.is_final() {
-            return Err(LifecycleError::Conflict(format!("the job has already {}", j.state)));
+            return Err(LifecycleError::Conflict(format!(
+                "the job has already {}",
+                j.state
+            )));
         }
         self.engine.cancel(&j.id)?;
         Ok(self.store.job(&j.id)?)
@@ -559,17 +601,26 @@ fn check_spec(phase: Phase, spec: Spec) -> Result<Spec> {
     }
     for s in &spec.config_auto {
         if s.run.len() > MAX_SCRIPT_BYTES || s.run.contains('\0') {
-            return bad(format!("script {:?} is larger than {MAX_SCRIPT_BYTES} bytes or holds NUL", s.name));
+            return bad(format!(
+                "script {:?} is larger than {MAX_SCRIPT_BYTES} bytes or holds NUL",
+                s.name
+            ));
         }
         if s.timeout_secs == 0 || s.timeout_secs > 24 * 3600 {
-            return bad(format!("script {:?}: timeout_secs must be 1 to 86400", s.name));
+            return bad(format!(
+                "script {:?}: timeout_secs must be 1 to 86400",
+                s.name
+            ));
         }
         check_name(&s.name)?;
     }
     if let Some(g) = &spec.geometry {
-        g.parse::<crate::config::Geometry>().map_err(LifecycleError::Invalid)?;
+        g.parse::<crate::config::Geometry>()
+            .map_err(LifecycleError::Invalid)?;
     }
-    let words_ok = |w: &[String]| w.len() <= MAX_COMMAND_WORDS && w.iter().all(|s| !s.contains('\0') && s.len() <= 4096);
+    let words_ok = |w: &[String]| {
+        w.len() <= MAX_COMMAND_WORDS && w.iter().all(|s| !s.contains('\0') && s.len() <= 4096)
+    };
     if phase == Phase::App {
         if spec.command.is_empty() || spec.command[0].trim().is_empty() {
             return bad("an App needs a command, e.g. [\"xterm\"]".into());
@@ -581,7 +632,9 @@ fn check_spec(phase: Phase, spec: Spec) -> Result<Spec> {
         return bad("only Apps have a command".into());
     }
     if !words_ok(&spec.command) || !spec.window_manager.as_deref().is_none_or(words_ok) {
-        return bad(format!("a command is at most {MAX_COMMAND_WORDS} words of 4096 bytes, without NUL"));
+        return bad(format!(
+            "a command is at most {MAX_COMMAND_WORDS} words of 4096 bytes, without NUL"
+        ));
     }
     if spec.window_manager.is_some() && phase != Phase::Baseimage {
         return bad("the window manager belongs to the Baseimage".into());
@@ -597,7 +650,12 @@ pub fn plan(phase: Phase, from: Subphase, spec: &Spec) -> Vec<Step> {
     if phase == Phase::App {
         return match from {
             Subphase::Ready => vec![],
-            _ => vec![Step::BackendCreate, Step::EnterSubphase { subphase: Subphase::Ready }],
+            _ => vec![
+                Step::BackendCreate,
+                Step::EnterSubphase {
+                    subphase: Subphase::Ready,
+                },
+            ],
         };
     }
     let mut steps = Vec::new();
@@ -609,14 +667,20 @@ pub fn plan(phase: Phase, from: Subphase, spec: &Spec) -> Vec<Step> {
             .collect::<Vec<_>>()
     };
     let finalize = [
-        Step::EnterSubphase { subphase: Subphase::Finalize },
+        Step::EnterSubphase {
+            subphase: Subphase::Finalize,
+        },
         Step::BackendFinalize,
-        Step::EnterSubphase { subphase: Subphase::Ready },
+        Step::EnterSubphase {
+            subphase: Subphase::Ready,
+        },
     ];
     match from {
         Subphase::Create => {
             steps.push(Step::BackendCreate);
-            steps.push(Step::EnterSubphase { subphase: Subphase::ConfigAuto });
+            steps.push(Step::EnterSubphase {
+                subphase: Subphase::ConfigAuto,
+            });
             steps.extend(scripts());
         }
         Subphase::ConfigAuto => steps.extend(scripts()),
@@ -627,7 +691,9 @@ pub fn plan(phase: Phase, from: Subphase, spec: &Spec) -> Vec<Step> {
         Subphase::Ready => return steps,
     }
     if spec.interactive {
-        steps.push(Step::EnterSubphase { subphase: Subphase::ConfigInteractive });
+        steps.push(Step::EnterSubphase {
+            subphase: Subphase::ConfigInteractive,
+        });
     } else {
         steps.extend(finalize);
     }
@@ -654,19 +720,24 @@ mod tests {
 
     #[test]
     fn plans_walk_the_subphases() {
-        use Step::*;
+        use Step::{BackendCreate, BackendFinalize, EnterSubphase};
         use Subphase::*;
-        let check = |phase, from, s: &Spec, expect: Vec<Step>| assert_eq!(plan(phase, from, s), expect);
+        let check =
+            |phase, from, s: &Spec, expect: Vec<Step>| assert_eq!(plan(phase, from, s), expect);
         check(
             Phase::Baseimage,
             Create,
             &spec(2, true),
             vec![
                 BackendCreate,
-                EnterSubphase { subphase: ConfigAuto },
-                ConfigAuto { script: 0 },
-                ConfigAuto { script: 1 },
-                EnterSubphase { subphase: ConfigInteractive },
+                EnterSubphase {
+                    subphase: ConfigAuto,
+                },
+                Step::ConfigAuto { script: 0 },
+                Step::ConfigAuto { script: 1 },
+                EnterSubphase {
+                    subphase: ConfigInteractive,
+                },
             ],
         );
         check(
@@ -675,7 +746,9 @@ mod tests {
             &spec(0, false),
             vec![
                 BackendCreate,
-                EnterSubphase { subphase: ConfigAuto },
+                EnterSubphase {
+                    subphase: ConfigAuto,
+                },
                 EnterSubphase { subphase: Finalize },
                 BackendFinalize,
                 EnterSubphase { subphase: Ready },
@@ -685,9 +758,18 @@ mod tests {
             Phase::Deployment,
             ConfigInteractive,
             &spec(3, true),
-            vec![EnterSubphase { subphase: Finalize }, BackendFinalize, EnterSubphase { subphase: Ready }],
+            vec![
+                EnterSubphase { subphase: Finalize },
+                BackendFinalize,
+                EnterSubphase { subphase: Ready },
+            ],
         );
-        check(Phase::App, Create, &Spec::default(), vec![BackendCreate, EnterSubphase { subphase: Ready }]);
+        check(
+            Phase::App,
+            Create,
+            &Spec::default(),
+            vec![BackendCreate, EnterSubphase { subphase: Ready }],
+        );
         check(Phase::Baseimage, Ready, &spec(1, false), vec![]);
     }
 
@@ -698,8 +780,14 @@ mod tests {
             ..Spec::default()
         };
         assert!(check_spec(Phase::App, app.clone()).is_ok());
-        assert!(check_spec(Phase::Deployment, app).is_err(), "only apps have commands");
-        assert!(check_spec(Phase::App, Spec::default()).is_err(), "apps need a command");
+        assert!(
+            check_spec(Phase::Deployment, app).is_err(),
+            "only apps have commands"
+        );
+        assert!(
+            check_spec(Phase::App, Spec::default()).is_err(),
+            "apps need a command"
+        );
         let live = Spec {
             live: true,
             ..Spec::default()

@@ -515,7 +515,9 @@ impl Step {
     pub fn label(&self) -> String {
         match self {
             Step::BackendCreate => "create on the backend".into(),
-            Step::ConfigAuto { script } => format!("automatic configuration, script {}", script + 1),
+            Step::ConfigAuto { script } => {
+                format!("automatic configuration, script {}", script + 1)
+            }
             Step::EnterSubphase { subphase } => format!("enter {subphase}"),
             Step::BackendFinalize => "finalize (seal)".into(),
             Step::StartInstance => "start the instance".into(),
@@ -572,7 +574,10 @@ mod tests {
             );
         }
         assert!("Admin".parse::<Role>().is_err());
-        assert_eq!("linux-wine".parse::<Platform>().unwrap(), Platform::LinuxWine);
+        assert_eq!(
+            "linux-wine".parse::<Platform>().unwrap(),
+            Platform::LinuxWine
+        );
     }
 
     #[test]

@@ -43,7 +43,10 @@ impl Reconciler {
 
     /// The orphans found by the last pass.
     pub fn orphans(&self) -> Vec<Orphan> {
-        self.orphans.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.orphans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// One pass. With `reap`, orphaned instances are removed at once.
@@ -60,7 +63,12 @@ impl Reconciler {
         for b in self.backends.iter() {
             let inv = b.inventory().await?;
             let kind = b.kind();
-            let backend_of = |object_id: &str| objects.iter().find(|o| o.id == object_id).map(|o| o.backend);
+            let backend_of = |object_id: &str| {
+                objects
+                    .iter()
+                    .find(|o| o.id == object_id)
+                    .map(|o| o.backend)
+            };
             let ours_objects: BTreeSet<&str> = objects
                 .iter()
                 .filter(|o| o.backend == kind)
@@ -68,7 +76,11 @@ impl Reconciler {
                 .collect();
             for id in &inv.objects {
                 if !ours_objects.contains(id.as_str()) {
-                    found.push(Orphan { backend: kind, what: "object", id: id.clone() });
+                    found.push(Orphan {
+                        backend: kind,
+                        what: "object",
+                        id: id.clone(),
+                    });
                 }
             }
             let alive: BTreeSet<&str> = inv
@@ -77,7 +89,10 @@ impl Reconciler {
                 .filter(|i| !i.ends_with("#dead"))
                 .map(String::as_str)
                 .collect();
-            for i in instances.iter().filter(|i| backend_of(&i.object_id) == Some(kind)) {
+            for i in instances
+                .iter()
+                .filter(|i| backend_of(&i.object_id) == Some(kind))
+            {
                 if i.state == InstanceState::Running
                     && !alive.contains(i.id.as_str())
                     && now() - i.updated_at >= SETTLE_SECS
@@ -85,7 +100,11 @@ impl Reconciler {
                     warn!(instance_id = %i.id, "the backend no longer has this instance: lost");
                     if self
                         .store
-                        .set_instance_state(&i.id, InstanceState::Lost, Some("the backend no longer has it"))
+                        .set_instance_state(
+                            &i.id,
+                            InstanceState::Lost,
+                            Some("the backend no longer has it"),
+                        )
                         .is_ok()
                     {
                         self.engine.notify(InstanceEvent {
@@ -101,7 +120,11 @@ impl Reconciler {
                     .iter()
                     .any(|i| i.id == bare && i.state.is_active());
                 if !known_live {
-                    let o = Orphan { backend: kind, what: "instance", id: id.clone() };
+                    let o = Orphan {
+                        backend: kind,
+                        what: "instance",
+                        id: id.clone(),
+                    };
                     if reap {
                         info!(instance_id = %bare, "reaping a session left by a crash");
                         if let Err(e) = b.remove_orphan(&o).await {
@@ -119,7 +142,12 @@ impl Reconciler {
     }
 
     /// Removes an orphan an admin named, if the last pass found it.
-    pub async fn remove(&self, backend: BackendKind, what: &str, id: &str) -> Result<bool, BackendError> {
+    pub async fn remove(
+        &self,
+        backend: BackendKind,
+        what: &str,
+        id: &str,
+    ) -> Result<bool, BackendError> {
         let Some(o) = self
             .orphans()
             .into_iter()

@@ -38,8 +38,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{
-    Backend, BackendError, BackendEvent, Capabilities, EventSender, Inventory, Orphan, StartRequest,
-    Started,
+    Backend, BackendError, BackendEvent, Capabilities, EventSender, Inventory, Orphan,
+    StartRequest, Started,
 };
 use crate::config::{self, Geometry, Network};
 use crate::jobs::JobLog;
@@ -78,7 +78,9 @@ impl LocalBackend {
     ) -> Result<LocalBackend, BackendError> {
         let run_as = if Uid::effective().is_root() {
             let u = User::from_name(&cfg.run_as)
-                .map_err(|e| BackendError::failed_with(format!("cannot look up user {:?}", cfg.run_as), e))?
+                .map_err(|e| {
+                    BackendError::failed_with(format!("cannot look up user {:?}", cfg.run_as), e)
+                })?
                 .ok_or_else(|| {
                     BackendError::failed(format!(
                         "[backends.local] run_as: user {:?} does not exist",
@@ -96,11 +98,13 @@ impl LocalBackend {
         };
         let root = state_dir.join("local");
         for d in [root.clone(), root.join("objects"), root.join("instances")] {
-            std::fs::create_dir_all(&d)
-                .map_err(|e| BackendError::failed_with(format!("cannot create {}", d.display()), e))?;
+            std::fs::create_dir_all(&d).map_err(|e| {
+                BackendError::failed_with(format!("cannot create {}", d.display()), e)
+            })?;
             // Traversable, not listable, by the session user.
-            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o711))
-                .map_err(|e| BackendError::failed_with(format!("cannot chmod {}", d.display()), e))?;
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o711)).map_err(|e| {
+                BackendError::failed_with(format!("cannot chmod {}", d.display()), e)
+            })?;
         }
         Ok(LocalBackend {
             cfg,
@@ -133,7 +137,12 @@ impl LocalBackend {
     /// The common bubblewrap arguments of a sandbox with `home` and `run`.
     fn sandbox(&self, home: &Path, run: &Path, hostname: &str) -> tokio::process::Command {
         let mut c = tokio::process::Command::new(&self.cfg.bwrap);
-        c.args(["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]);
+        c.args([
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+        ]);
         if self.cfg.network == Network::None {
             c.arg("--unshare-net");
         }
@@ -151,13 +160,41 @@ impl LocalBackend {
             }
         }
         c.args([
-            "--ro-bind", "/etc", "/etc", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-            "--tmpfs", "/var", "--dir", "/var/tmp", "--tmpfs", "/run",
+            "--ro-bind",
+            "/etc",
+            "/etc",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--tmpfs",
+            "/tmp",
+            "--tmpfs",
+            "/var",
+            "--dir",
+            "/var/tmp",
+            "--tmpfs",
+            "/run",
         ]);
         c.arg("--bind").arg(home).arg(HOME_IN_SANDBOX);
         c.arg("--bind").arg(run).arg(RUN_IN_SANDBOX);
-        c.args(["--clearenv", "--setenv", "HOME", HOME_IN_SANDBOX, "--setenv", "USER", "daas"]);
-        c.args(["--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8"]);
+        c.args([
+            "--clearenv",
+            "--setenv",
+            "HOME",
+            HOME_IN_SANDBOX,
+            "--setenv",
+            "USER",
+            "daas",
+        ]);
+        c.args([
+            "--setenv",
+            "PATH",
+            "/usr/local/bin:/usr/bin:/bin",
+            "--setenv",
+            "LANG",
+            "C.UTF-8",
+        ]);
         c.args(["--hostname", hostname, "--chdir", HOME_IN_SANDBOX]);
         if let Some((uid, gid)) = self.run_as {
             c.uid(uid.as_raw()).gid(gid.as_raw());
@@ -255,7 +292,10 @@ impl LocalBackend {
                     return;
                 }
                 if !pid_alive(pid) {
-                    watched.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                    watched
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
                     let _ = events.send(BackendEvent::InstanceExited {
                         instance_id: id,
                         reason: "the session ended".into(),
@@ -299,7 +339,11 @@ impl Backend for LocalBackend {
             if find_program(bin).is_none() {
                 return Err(BackendError::failed(format!(
                     "[backends.local] {key}: {bin:?} is not installed (Debian: apt-get install {})",
-                    if key == "xvnc" { "tigervnc-standalone-server" } else { "bubblewrap" }
+                    if key == "xvnc" {
+                        "tigervnc-standalone-server"
+                    } else {
+                        "bubblewrap"
+                    }
                 )));
             }
         }
@@ -310,8 +354,9 @@ impl Backend for LocalBackend {
         let home = probe.join("home");
         let run = probe.join("run");
         for d in [&probe, &home, &run] {
-            std::fs::create_dir_all(d)
-                .map_err(|e| BackendError::failed_with(format!("cannot create {}", d.display()), e))?;
+            std::fs::create_dir_all(d).map_err(|e| {
+                BackendError::failed_with(format!("cannot create {}", d.display()), e)
+            })?;
         }
         self.chown_tree(&probe)?;
         let out = self
@@ -350,7 +395,9 @@ impl Backend for LocalBackend {
                 .first()
                 .ok_or_else(|| BackendError::failed("the app has no command"))?;
             let path = find_program(cmd).ok_or_else(|| {
-                BackendError::failed(format!("the app's program {cmd:?} is not installed on this node"))
+                BackendError::failed(format!(
+                    "the app's program {cmd:?} is not installed on this node"
+                ))
             })?;
             log.info(&format!("app command found at {}", path.display()));
             return Ok(serde_json::json!({ "deployment": object.parent_id }));
@@ -366,7 +413,10 @@ impl Backend for LocalBackend {
             (_, None) => return Err(BackendError::failed("the object has no parent")),
         };
         log.info(&format!("copying {} into a new home", source.display()));
-        let tmp = self.root.join("objects").join(format!(".tmp-{}", safe_id(&object.id)));
+        let tmp = self
+            .root
+            .join("objects")
+            .join(format!(".tmp-{}", safe_id(&object.id)));
         let _ = remove_tree(&tmp).await;
         std::fs::create_dir_all(&tmp)
             .map_err(|e| BackendError::failed_with("cannot create the object directory", e))?;
@@ -400,7 +450,8 @@ impl Backend for LocalBackend {
             return Err(BackendError::NotFound(format!("the home of {}", object.id)));
         }
         let run = dir.join("run");
-        std::fs::create_dir_all(&run).map_err(|e| BackendError::failed_with("cannot create run dir", e))?;
+        std::fs::create_dir_all(&run)
+            .map_err(|e| BackendError::failed_with("cannot create run dir", e))?;
         self.chown_tree(&run)?;
         let mut cmd = self.sandbox(&home, &run, "daas-config");
         cmd.args(["--", "/bin/sh", "-c", &script.run])
@@ -413,7 +464,8 @@ impl Backend for LocalBackend {
             .map_err(|e| BackendError::failed_with("cannot start the script sandbox", e))?;
         let out = child.stdout.take();
         let err = child.stderr.take();
-        let pump = |r: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>, level: &'static str| {
+        let pump = |r: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>,
+                    level: &'static str| {
             let log = log.clone();
             async move {
                 let Some(r) = r else { return };
@@ -445,12 +497,19 @@ impl Backend for LocalBackend {
                 )))
             }
             Some(Ok(s)) if s.success() => Ok(()),
-            Some(Ok(s)) => Err(BackendError::failed(format!("script {:?} failed ({s})", script.name))),
+            Some(Ok(s)) => Err(BackendError::failed(format!(
+                "script {:?} failed ({s})",
+                script.name
+            ))),
             Some(Err(e)) => Err(BackendError::failed_with("cannot wait for the script", e)),
         }
     }
 
-    async fn finalize(&self, object: &Object, log: &JobLog) -> Result<serde_json::Value, BackendError> {
+    async fn finalize(
+        &self,
+        object: &Object,
+        log: &JobLog,
+    ) -> Result<serde_json::Value, BackendError> {
         if object.phase == Phase::App {
             return Ok(object.backend_ref.clone());
         }
@@ -480,7 +539,8 @@ impl Backend for LocalBackend {
         self.kill_session(&inst.id).await?;
         let dir = self.instance_dir(&inst.id);
         let run = dir.join("run");
-        std::fs::create_dir_all(&run).map_err(|e| BackendError::failed_with("cannot create the instance directory", e))?;
+        std::fs::create_dir_all(&run)
+            .map_err(|e| BackendError::failed_with("cannot create the instance directory", e))?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
             .map_err(|e| BackendError::failed_with("cannot chmod", e))?;
         std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700))
@@ -498,18 +558,29 @@ impl Backend for LocalBackend {
                 tokio::task::spawn_blocking(move || copy_tree(&s, &h))
                     .await
                     .map_err(|e| BackendError::failed_with("copy task failed", e))?
-                    .map_err(|e| BackendError::failed_with(format!("cannot copy {}", src.display()), e))?;
+                    .map_err(|e| {
+                        BackendError::failed_with(format!("cannot copy {}", src.display()), e)
+                    })?;
                 (home, req.object.spec.command.clone(), None)
             }
             (_, Purpose::Configure) => {
                 let home = self.object_dir(&req.object.id).join("home");
                 if !home.is_dir() {
-                    return Err(BackendError::NotFound(format!("the home of {}", req.object.id)));
+                    return Err(BackendError::NotFound(format!(
+                        "the home of {}",
+                        req.object.id
+                    )));
                 }
-                (home, vec!["xterm".to_owned()], req.object.spec.window_manager.clone())
+                (
+                    home,
+                    vec!["xterm".to_owned()],
+                    req.object.spec.window_manager.clone(),
+                )
             }
             (p, Purpose::Run) => {
-                return Err(BackendError::failed(format!("a {p} is not run, only configured")));
+                return Err(BackendError::failed(format!(
+                    "a {p} is not run, only configured"
+                )));
             }
         };
         if command.is_empty() {
@@ -519,7 +590,14 @@ impl Backend for LocalBackend {
 
         let display = self.alloc_display();
         let geometry = self.geometry(req.object);
-        let script = session_script(&self.cfg.xvnc, display, geometry, &req.object.name, wm.as_deref(), &command);
+        let script = session_script(
+            &self.cfg.xvnc,
+            display,
+            geometry,
+            &req.object.name,
+            wm.as_deref(),
+            &command,
+        );
         std::fs::write(run.join("session.sh"), script)
             .map_err(|e| BackendError::failed_with("cannot write the session script", e))?;
         let log_file = std::fs::File::create(dir.join("session.log"))
@@ -533,16 +611,19 @@ impl Backend for LocalBackend {
             .stdout(Stdio::from(log_file))
             .stderr(Stdio::from(log_err))
             .process_group(0);
-        let child = cmd
-            .spawn()
-            .map_err(|e| BackendError::failed_with(format!("cannot start {}", self.cfg.bwrap), e))?;
+        let child = cmd.spawn().map_err(|e| {
+            BackendError::failed_with(format!("cannot start {}", self.cfg.bwrap), e)
+        })?;
         let pid = child.id().unwrap_or(0);
         std::fs::write(dir.join("pid"), pid.to_string())
             .map_err(|e| BackendError::failed_with("cannot record the session pid", e))?;
-        log.info(&format!("session started (pid {pid}, {geometry}); waiting for its display"));
+        log.info(&format!(
+            "session started (pid {pid}, {geometry}); waiting for its display"
+        ));
 
         let sock = run.join("vnc.sock");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(self.cfg.start_timeout_secs);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(self.cfg.start_timeout_secs);
         let mut child = child;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -604,10 +685,18 @@ impl Backend for LocalBackend {
 
     async fn inventory(&self) -> Result<Inventory, BackendError> {
         let mut inv = Inventory::default();
-        for (sub, set) in [("objects", &mut inv.objects), ("instances", &mut inv.instances)] {
+        for (sub, set) in [
+            ("objects", &mut inv.objects),
+            ("instances", &mut inv.instances),
+        ] {
             let rd = match std::fs::read_dir(self.root.join(sub)) {
                 Ok(rd) => rd,
-                Err(e) => return Err(BackendError::unavailable("cannot list the local backend", e)),
+                Err(e) => {
+                    return Err(BackendError::unavailable(
+                        "cannot list the local backend",
+                        e,
+                    ))
+                }
             };
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -709,7 +798,10 @@ fn shell_quote(s: &str) -> String {
 }
 
 fn shell_words(w: &[String]) -> String {
-    w.iter().map(|s| shell_quote(s)).collect::<Vec<_>>().join(" ")
+    w.iter()
+        .map(|s| shell_quote(s))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn find_program(name: &str) -> Option<PathBuf> {
@@ -730,8 +822,11 @@ fn find_program(name: &str) -> Option<PathBuf> {
 /// Whether a VNC server answers on the socket with its version banner.
 async fn vnc_ready(sock: &Path) -> bool {
     use tokio::io::AsyncReadExt;
-    let Ok(Ok(mut s)) =
-        tokio::time::timeout(Duration::from_millis(200), tokio::net::UnixStream::connect(sock)).await
+    let Ok(Ok(mut s)) = tokio::time::timeout(
+        Duration::from_millis(200),
+        tokio::net::UnixStream::connect(sock),
+    )
+    .await
     else {
         return false;
     };
@@ -743,14 +838,16 @@ async fn vnc_ready(sock: &Path) -> bool {
 }
 
 fn session_pid(dir: &Path) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(dir.join("pid")).ok()?.trim().parse().ok()?;
+    let pid: u32 = std::fs::read_to_string(dir.join("pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     // Only a bwrap whose arguments name this directory is ours: pids are reused.
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let dir_s = dir.to_string_lossy();
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let is_bwrap = args
-        .first()
-        .is_some_and(|a| a.ends_with(b"bwrap"));
+    let is_bwrap = args.first().is_some_and(|a| a.ends_with(b"bwrap"));
     let names_dir = args
         .iter()
         .any(|a| String::from_utf8_lossy(a).starts_with(dir_s.as_ref()));
@@ -758,13 +855,21 @@ fn session_pid(dir: &Path) -> Option<u32> {
 }
 
 fn pid_alive(pid: u32) -> bool {
-    let Ok(p) = i32::try_from(pid) else { return false };
+    let Ok(p) = i32::try_from(pid) else {
+        return false;
+    };
     if kill(Pid::from_raw(p), None).is_err() {
         return false;
     }
     // A zombie is not alive.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
         .unwrap_or(false)
 }
 
@@ -858,11 +963,7 @@ fn tail_file(p: &Path, max: usize) -> String {
         let start = buf.len().saturating_sub(max);
         s = String::from_utf8_lossy(&buf[start..]).into_owned();
     }
-    let lines: Vec<&str> = s
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
+    let lines: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     let keep = lines.len().saturating_sub(6);
     lines[keep..].join(" | ")
 }
@@ -892,7 +993,8 @@ mod tests {
         let src = d.path().join("src");
         std::fs::create_dir_all(src.join("sub")).unwrap();
         std::fs::write(src.join("sub/f"), b"x").unwrap();
-        std::fs::set_permissions(src.join("sub/f"), std::fs::Permissions::from_mode(0o750)).unwrap();
+        std::fs::set_permissions(src.join("sub/f"), std::fs::Permissions::from_mode(0o750))
+            .unwrap();
         std::os::unix::fs::symlink("/etc/passwd", src.join("link")).unwrap();
         let n = copy_tree(&src, &d.path().join("dst")).unwrap();
         assert_eq!(n, 4);
@@ -909,7 +1011,10 @@ mod tests {
         let s = session_script(
             "Xvnc",
             1,
-            Geometry { width: 800, height: 600 },
+            Geometry {
+                width: 800,
+                height: 600,
+            },
             "My app",
             None,
             &["xterm".into(), "-e".into(), "echo 'hi'; id".into()],

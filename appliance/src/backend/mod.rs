@@ -193,8 +193,11 @@ pub trait Backend: Send + Sync {
     ) -> Result<(), BackendError>;
 
     /// Seals the object (Finalize subphase). Returns updated identifiers.
-    async fn finalize(&self, object: &Object, log: &JobLog)
-        -> Result<serde_json::Value, BackendError>;
+    async fn finalize(
+        &self,
+        object: &Object,
+        log: &JobLog,
+    ) -> Result<serde_json::Value, BackendError>;
 
     /// Deletes the object's artefact; succeeds when there is none.
     async fn delete(&self, object: &Object, log: &JobLog) -> Result<(), BackendError>;

@@ -223,7 +223,8 @@ impl Store {
             let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
             backup.run_to_completion(256, Duration::from_millis(5), None)?;
         }
-        std::fs::rename(&tmp, dest).map_err(|e| StoreError::Corrupt(format!("rename backup: {e}")))?;
+        std::fs::rename(&tmp, dest)
+            .map_err(|e| StoreError::Corrupt(format!("rename backup: {e}")))?;
         Ok(())
     }
 
@@ -430,7 +431,9 @@ impl Store {
             "SELECT u.id, u.name, u.role, u.disabled, u.created_at FROM api_tokens t JOIN users u ON u.id = t.user_id
              WHERE t.token_hash = ?1 AND (t.expires_at IS NULL OR t.expires_at > ?2)",
         )?;
-        let row = st.query_row(params![token_hash, at], user_from_row).optional()?;
+        let row = st
+            .query_row(params![token_hash, at], user_from_row)
+            .optional()?;
         row.transpose()
     }
 
@@ -470,7 +473,8 @@ impl Store {
     /// An object by id.
     pub fn object(&self, id: &str) -> Result<Object> {
         let c = self.reader();
-        let mut st = c.prepare_cached(&format!("SELECT {OBJECT_COLS} FROM objects WHERE id = ?1"))?;
+        let mut st =
+            c.prepare_cached(&format!("SELECT {OBJECT_COLS} FROM objects WHERE id = ?1"))?;
         st.query_row([id], object_from_row)
             .optional()?
             .ok_or(StoreError::NotFound)?
@@ -572,14 +576,22 @@ impl Store {
             )
             .optional()?
             .ok_or(StoreError::NotFound)?;
-        let sub: Subphase = sub.parse().map_err(|e: UnknownName| StoreError::Corrupt(e.to_string()))?;
+        let sub: Subphase = sub
+            .parse()
+            .map_err(|e: UnknownName| StoreError::Corrupt(e.to_string()))?;
         if status == ObjectStatus::Busy.as_str() {
-            return Err(StoreError::Conflict("another job is working on this object".into()));
+            return Err(StoreError::Conflict(
+                "another job is working on this object".into(),
+            ));
         }
         if !expect.contains(&sub) {
             return Err(StoreError::Conflict(format!(
                 "the object is in subphase {sub}, not {}",
-                expect.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" or ")
+                expect
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
             )));
         }
         tx.execute(
@@ -597,7 +609,12 @@ impl Store {
     }
 
     /// Sets an object's status and error.
-    pub fn set_object_status(&self, id: &str, status: ObjectStatus, error: Option<&str>) -> Result<()> {
+    pub fn set_object_status(
+        &self,
+        id: &str,
+        status: ObjectStatus,
+        error: Option<&str>,
+    ) -> Result<()> {
         self.update_object(
             id,
             "status = ?2, error = ?4",
@@ -637,7 +654,10 @@ impl Store {
             "DELETE FROM instances WHERE object_id = ?1 AND state IN ('stopped', 'failed', 'lost')",
             [id],
         )?;
-        tx.execute("UPDATE jobs SET object_id = NULL WHERE object_id = ?1", [id])?;
+        tx.execute(
+            "UPDATE jobs SET object_id = NULL WHERE object_id = ?1",
+            [id],
+        )?;
         tx.execute("DELETE FROM objects WHERE id = ?1", [id])
             .map_err(|e| StoreError::from_constraint(e, "the object has live instances"))?;
         tx.commit()?;
@@ -647,7 +667,11 @@ impl Store {
     /// Counts an object's children and live instances.
     pub fn object_dependents(&self, id: &str) -> Result<(i64, i64)> {
         let c = self.reader();
-        let children = c.query_row("SELECT count(*) FROM objects WHERE parent_id = ?1", [id], |r| r.get(0))?;
+        let children = c.query_row(
+            "SELECT count(*) FROM objects WHERE parent_id = ?1",
+            [id],
+            |r| r.get(0),
+        )?;
         let live = c.query_row(
             "SELECT count(*) FROM instances WHERE object_id = ?1 AND state IN ('starting', 'running', 'stopping')",
             [id],
@@ -715,7 +739,9 @@ impl Store {
     /// An instance by id.
     pub fn instance(&self, id: &str) -> Result<Instance> {
         let c = self.reader();
-        let mut st = c.prepare_cached(&format!("SELECT {INSTANCE_COLS} FROM instances WHERE id = ?1"))?;
+        let mut st = c.prepare_cached(&format!(
+            "SELECT {INSTANCE_COLS} FROM instances WHERE id = ?1"
+        ))?;
         st.query_row([id], instance_from_row)
             .optional()?
             .ok_or(StoreError::NotFound)?
@@ -745,7 +771,9 @@ impl Store {
         let mut c = self.writer();
         let tx = c.transaction()?;
         let prev: String = tx
-            .query_row("SELECT state FROM instances WHERE id = ?1", [id], |r| r.get(0))
+            .query_row("SELECT state FROM instances WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
             .optional()?
             .ok_or(StoreError::NotFound)?;
         tx.execute(
@@ -753,7 +781,8 @@ impl Store {
             params![id, state.as_str(), error, now()],
         )?;
         tx.commit()?;
-        prev.parse().map_err(|e: UnknownName| StoreError::Corrupt(e.to_string()))
+        prev.parse()
+            .map_err(|e: UnknownName| StoreError::Corrupt(e.to_string()))
     }
 
     /// Stores what the backend started: its identifiers and the connection.
@@ -775,7 +804,11 @@ impl Store {
 
     /// Stores an instance's backend identifiers before the backend acts, so
     /// that a crash can be cleaned up.
-    pub fn set_instance_backend_ref(&self, id: &str, backend_ref: &serde_json::Value) -> Result<()> {
+    pub fn set_instance_backend_ref(
+        &self,
+        id: &str,
+        backend_ref: &serde_json::Value,
+    ) -> Result<()> {
         self.writer().execute(
             "UPDATE instances SET backend_ref = ?2, updated_at = ?3 WHERE id = ?1",
             params![id, backend_ref.to_string(), now()],
@@ -789,7 +822,11 @@ impl Store {
         let mut c = self.writer();
         let tx = c.transaction()?;
         let state: String = tx
-            .query_row("SELECT state FROM instances WHERE id = ?1", [instance_id], |r| r.get(0))
+            .query_row(
+                "SELECT state FROM instances WHERE id = ?1",
+                [instance_id],
+                |r| r.get(0),
+            )
             .optional()?
             .ok_or(StoreError::NotFound)?;
         if !matches!(state.as_str(), "starting" | "running" | "failed" | "lost") {
@@ -867,15 +904,23 @@ impl Store {
             "SELECT idx, step, state, error FROM job_steps WHERE job_id = ?1 ORDER BY idx",
         )?;
         let rows = st.query_map([job_id], |r| {
-            Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?))
+            Ok((
+                r.get::<_, u32>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
             let (idx, step, state, error) = row?;
             out.push(JobStep {
                 idx,
-                step: serde_json::from_str(&step).map_err(|e| StoreError::Corrupt(format!("step: {e}")))?,
-                state: state.parse().map_err(|e: UnknownName| StoreError::Corrupt(e.to_string()))?,
+                step: serde_json::from_str(&step)
+                    .map_err(|e| StoreError::Corrupt(format!("step: {e}")))?,
+                state: state
+                    .parse()
+                    .map_err(|e: UnknownName| StoreError::Corrupt(e.to_string()))?,
                 error,
             });
         }
@@ -916,7 +961,13 @@ impl Store {
 
     /// Ends a job, and in the same transaction applies the final state of the
     /// object and instance it worked on.
-    pub fn finish_job(&self, id: &str, state: JobState, error: Option<&str>, effects: &FinishEffects) -> Result<()> {
+    pub fn finish_job(
+        &self,
+        id: &str,
+        state: JobState,
+        error: Option<&str>,
+        effects: &FinishEffects,
+    ) -> Result<()> {
         let mut c = self.writer();
         let tx = c.transaction()?;
         let t = now();
@@ -1059,17 +1110,21 @@ fn migrate(c: &mut Connection) -> Result<()> {
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
         let v = i + 1;
-        let tx = c.transaction().map_err(|source| StoreError::Migrate { version: v, source })?;
+        let tx = c
+            .transaction()
+            .map_err(|source| StoreError::Migrate { version: v, source })?;
         tx.execute_batch(sql)
             .and_then(|_| tx.pragma_update(None, "user_version", v))
             .map_err(|source| StoreError::Migrate { version: v, source })?;
-        tx.commit().map_err(|source| StoreError::Migrate { version: v, source })?;
+        tx.commit()
+            .map_err(|source| StoreError::Migrate { version: v, source })?;
     }
     Ok(())
 }
 
 fn parse<T: std::str::FromStr<Err = UnknownName>>(s: String) -> Result<T> {
-    s.parse().map_err(|e: UnknownName| StoreError::Corrupt(e.to_string()))
+    s.parse()
+        .map_err(|e: UnknownName| StoreError::Corrupt(e.to_string()))
 }
 
 fn user_from_row(r: &Row<'_>) -> rusqlite::Result<Result<User>> {
@@ -1089,7 +1144,15 @@ fn user_from_row(r: &Row<'_>) -> rusqlite::Result<Result<User>> {
 const OBJECT_COLS: &str = "id, phase, name, parent_id, owner_id, kind, platform, protocol, backend, subphase, status, error, shared, spec, backend_ref, created_at, updated_at";
 
 fn object_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Object>> {
-    let texts: [String; 7] = [r.get(1)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?];
+    let texts: [String; 7] = [
+        r.get(1)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+    ];
     let spec: String = r.get(13)?;
     let backend_ref: String = r.get(14)?;
     let build = || -> Result<Object> {
@@ -1108,7 +1171,8 @@ fn object_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Object>> {
             status: parse(status)?,
             error: r.get(11)?,
             shared: r.get(12)?,
-            spec: serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?,
+            spec: serde_json::from_str(&spec)
+                .map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?,
             backend_ref: serde_json::from_str(&backend_ref)
                 .map_err(|e| StoreError::Corrupt(format!("backend_ref: {e}")))?,
             created_at: r.get(15)?,
@@ -1139,7 +1203,8 @@ fn instance_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Instance>> {
             connection: match &connection {
                 None => None,
                 Some(c) => Some(
-                    serde_json::from_str(c).map_err(|e| StoreError::Corrupt(format!("connection: {e}")))?,
+                    serde_json::from_str(c)
+                        .map_err(|e| StoreError::Corrupt(format!("connection: {e}")))?,
                 ),
             },
             created_at: r.get(8)?,
@@ -1235,14 +1300,20 @@ mod tests {
         let c = Connection::open(&p).unwrap();
         c.pragma_update(None, "user_version", 99).unwrap();
         drop(c);
-        assert!(matches!(Store::open(&p), Err(StoreError::TooNew { found: 99, .. })));
+        assert!(matches!(
+            Store::open(&p),
+            Err(StoreError::TooNew { found: 99, .. })
+        ));
     }
 
     #[test]
     fn user_names_are_unique() {
         let (_d, s) = store();
         s.create_user("ann", Role::Admin, "h").unwrap();
-        assert!(matches!(s.create_user("ann", Role::User, "h"), Err(StoreError::Conflict(_))));
+        assert!(matches!(
+            s.create_user("ann", Role::User, "h"),
+            Err(StoreError::Conflict(_))
+        ));
     }
 
     #[test]
@@ -1250,7 +1321,8 @@ mod tests {
         let (_d, s) = store();
         let u = s.create_user("ann", Role::Admin, "h").unwrap();
         let o = obj(&u.id, Phase::Baseimage, None);
-        s.insert_object_with_job(&o, &job_for(&o, &u.id), None).unwrap();
+        s.insert_object_with_job(&o, &job_for(&o, &u.id), None)
+            .unwrap();
         // A second job on the same object while the first is queued.
         let second = s.insert_job(&job_for(&o, &u.id));
         assert!(matches!(second, Err(StoreError::Conflict(_))), "{second:?}");
@@ -1264,9 +1336,11 @@ mod tests {
         let a = s.create_user("ann", Role::Admin, "h").unwrap();
         let u = s.create_user("bob", Role::User, "h").unwrap();
         let b = obj(&a.id, Phase::Baseimage, None);
-        s.insert_object_with_job(&b, &job_for(&b, &a.id), None).unwrap();
+        s.insert_object_with_job(&b, &job_for(&b, &a.id), None)
+            .unwrap();
         let e1 = obj(&u.id, Phase::Environment, Some(&b.id));
-        s.insert_object_with_job(&e1, &job_for(&e1, &u.id), Some(1)).unwrap();
+        s.insert_object_with_job(&e1, &job_for(&e1, &u.id), Some(1))
+            .unwrap();
         let e2 = obj(&u.id, Phase::Environment, Some(&b.id));
         let r = s.insert_object_with_job(&e2, &job_for(&e2, &u.id), Some(1));
         assert!(matches!(r, Err(StoreError::Conflict(_))));
@@ -1278,7 +1352,8 @@ mod tests {
         let (_d, s) = store();
         let a = s.create_user("ann", Role::Admin, "h").unwrap();
         let b = obj(&a.id, Phase::Baseimage, None);
-        s.insert_object_with_job(&b, &job_for(&b, &a.id), None).unwrap();
+        s.insert_object_with_job(&b, &job_for(&b, &a.id), None)
+            .unwrap();
         let mk = |iid: &str| NewJob {
             id: new_id(),
             kind: JobKind::StartInstance,
@@ -1287,8 +1362,12 @@ mod tests {
             user_id: a.id.clone(),
             steps: vec![Step::StartInstance],
         };
-        let (i1, j1, new1) = s.open_instance(&b.id, &a.id, Purpose::Configure, mk).unwrap();
-        let (i2, j2, new2) = s.open_instance(&b.id, &a.id, Purpose::Configure, mk).unwrap();
+        let (i1, j1, new1) = s
+            .open_instance(&b.id, &a.id, Purpose::Configure, mk)
+            .unwrap();
+        let (i2, j2, new2) = s
+            .open_instance(&b.id, &a.id, Purpose::Configure, mk)
+            .unwrap();
         assert!(new1 && !new2);
         assert_eq!(i1.id, i2.id);
         assert_eq!(j1.id, j2.id);
@@ -1299,9 +1378,14 @@ mod tests {
         let (_d, s) = store();
         let a = s.create_user("ann", Role::Admin, "h").unwrap();
         let b = obj(&a.id, Phase::Baseimage, None);
-        let j = s.insert_object_with_job(&b, &job_for(&b, &a.id), None).unwrap();
+        let j = s
+            .insert_object_with_job(&b, &job_for(&b, &a.id), None)
+            .unwrap();
         for i in 0..5 {
-            assert_eq!(s.append_log(&j.id, "info", &format!("l{i}")).unwrap().seq, i + 1);
+            assert_eq!(
+                s.append_log(&j.id, "info", &format!("l{i}")).unwrap().seq,
+                i + 1
+            );
         }
         let after = s.logs(&j.id, 3, 100).unwrap();
         assert_eq!(after.iter().map(|l| l.seq).collect::<Vec<_>>(), vec![4, 5]);

@@ -28,7 +28,12 @@ struct Routes {
 }
 
 impl Routes {
-    fn add(mut self, path: &str, methods: &[&'static str], mr: MethodRouter<Arc<AppState>>) -> Self {
+    fn add(
+        mut self,
+        path: &str,
+        methods: &[&'static str],
+        mr: MethodRouter<Arc<AppState>>,
+    ) -> Self {
         for m in methods {
             self.table.push((m, path.to_owned()));
         }
@@ -47,30 +52,66 @@ fn build() -> Routes {
         .add("/readyz", &["get"], get(readyz))
         .add("/metrics", &["get"], get(metrics))
         .add("/api/v1/openapi.json", &["get"], get(openapi))
-        .add("/api/v1/session", &["post", "delete"], post(login).delete(logout))
+        .add(
+            "/api/v1/session",
+            &["post", "delete"],
+            post(login).delete(logout),
+        )
         .add("/api/v1/me", &["get"], get(me))
-        .add("/api/v1/users", &["get", "post"], get(users).post(user_create))
-        .add("/api/v1/users/{id}/password", &["post"], post(user_password))
+        .add(
+            "/api/v1/users",
+            &["get", "post"],
+            get(users).post(user_create),
+        )
+        .add(
+            "/api/v1/users/{id}/password",
+            &["post"],
+            post(user_password),
+        )
         .add("/api/v1/users/{id}/disable", &["post"], post(user_disable))
         .add("/api/v1/users/{id}/enable", &["post"], post(user_enable))
-        .add("/api/v1/tokens", &["get", "post"], get(tokens).post(token_create))
+        .add(
+            "/api/v1/tokens",
+            &["get", "post"],
+            get(tokens).post(token_create),
+        )
         .add("/api/v1/tokens/{id}", &["delete"], delete(token_delete))
         .add("/api/v1/backends", &["get"], get(backends))
         .add("/api/v1/admin/orphans", &["get"], get(orphans))
-        .add("/api/v1/admin/orphans/{backend}/{what}/{id}", &["delete"], delete(orphan_remove))
-        .add("/api/v1/baseimages", &["get", "post"], get(list_baseimages).post(create_baseimage))
+        .add(
+            "/api/v1/admin/orphans/{backend}/{what}/{id}",
+            &["delete"],
+            delete(orphan_remove),
+        )
+        .add(
+            "/api/v1/baseimages",
+            &["get", "post"],
+            get(list_baseimages).post(create_baseimage),
+        )
         .add("/api/v1/environments", &["get"], get(list_environments))
         .add("/api/v1/deployments", &["get"], get(list_deployments))
         .add("/api/v1/apps", &["get"], get(list_apps))
         .add("/api/v1/instances", &["get"], get(instances))
         .add("/api/v1/instances/{id}", &["get"], get(instance))
-        .add("/api/v1/instances/{id}/stop", &["post"], post(instance_stop))
-        .add("/api/v1/instances/{id}/connect", &["post"], post(instance_connect))
+        .add(
+            "/api/v1/instances/{id}/stop",
+            &["post"],
+            post(instance_stop),
+        )
+        .add(
+            "/api/v1/instances/{id}/connect",
+            &["post"],
+            post(instance_connect),
+        )
         .add("/api/v1/jobs", &["get"], get(jobs))
         .add("/api/v1/jobs/{id}", &["get"], get(job))
         .add("/api/v1/jobs/{id}/cancel", &["post"], post(job_cancel))
         .add("/api/v1/jobs/{id}/logs", &["get"], get(job_logs))
-        .add("/api/v1/jobs/{id}/logs/stream", &["get"], get(job_logs_stream));
+        .add(
+            "/api/v1/jobs/{id}/logs/stream",
+            &["get"],
+            get(job_logs_stream),
+        );
     for phase in Phase::ALL.iter().copied() {
         let base = format!("/api/v1/{}/{{id}}", phase.plural());
         r = r
@@ -95,9 +136,11 @@ fn build() -> Routes {
                 .add(
                     &format!("{base}/{}", child.plural()),
                     &["post"],
-                    post(move |s: St, c: Caller, p: Path<String>, b: ApiJson<NewObject>| {
-                        object_derive(s, c, p, b, phase)
-                    }),
+                    post(
+                        move |s: St, c: Caller, p: Path<String>, b: ApiJson<NewObject>| {
+                            object_derive(s, c, p, b, phase)
+                        },
+                    ),
                 )
                 .add(
                     &format!("{base}/finalize"),
@@ -168,7 +211,11 @@ async fn readyz(State(st): St) -> Response {
     if ready {
         Json(json!({ "status": "ready" })).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not ready" }))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not ready" })),
+        )
+            .into_response()
     }
 }
 
@@ -193,8 +240,14 @@ async fn metrics(State(st): St) -> Response {
         "counter",
         &[
             ("{class=\"ok\"}".into(), h.ok.load(Ordering::Relaxed)),
-            ("{class=\"client_error\"}".into(), h.client_error.load(Ordering::Relaxed)),
-            ("{class=\"server_error\"}".into(), h.server_error.load(Ordering::Relaxed)),
+            (
+                "{class=\"client_error\"}".into(),
+                h.client_error.load(Ordering::Relaxed),
+            ),
+            (
+                "{class=\"server_error\"}".into(),
+                h.server_error.load(Ordering::Relaxed),
+            ),
         ],
     );
     let j = st.lifecycle.engine().metrics();
@@ -203,9 +256,18 @@ async fn metrics(State(st): St) -> Response {
         "Jobs ended, by outcome.",
         "counter",
         &[
-            ("{outcome=\"succeeded\"}".into(), j.succeeded.load(Ordering::Relaxed)),
-            ("{outcome=\"failed\"}".into(), j.failed.load(Ordering::Relaxed)),
-            ("{outcome=\"cancelled\"}".into(), j.cancelled.load(Ordering::Relaxed)),
+            (
+                "{outcome=\"succeeded\"}".into(),
+                j.succeeded.load(Ordering::Relaxed),
+            ),
+            (
+                "{outcome=\"failed\"}".into(),
+                j.failed.load(Ordering::Relaxed),
+            ),
+            (
+                "{outcome=\"cancelled\"}".into(),
+                j.cancelled.load(Ordering::Relaxed),
+            ),
         ],
     );
     metric(
@@ -230,10 +292,18 @@ async fn metrics(State(st): St) -> Response {
                 )
             })
             .collect();
-        metric("daas_instances", "Instances by state (latest 1000).", "gauge", &samples);
+        metric(
+            "daas_instances",
+            "Instances by state (latest 1000).",
+            "gauge",
+            &samples,
+        );
     }
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         out,
     )
         .into_response()
@@ -298,7 +368,11 @@ async fn login(
         return Err(ApiError::unauthorized("wrong user name or password"));
     };
     if user.disabled {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "disabled", "this account is disabled"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "disabled",
+            "this account is disabled",
+        ));
     }
     st.throttle.succeeded(&req.username);
     // A new session id at every login.
@@ -356,7 +430,13 @@ struct NewUser {
 
 async fn users(State(st): St, c: Caller) -> ApiResult {
     c.admin()?;
-    let u: Vec<Value> = st.lifecycle.store().users()?.iter().map(user_json).collect();
+    let u: Vec<Value> = st
+        .lifecycle
+        .store()
+        .users()?
+        .iter()
+        .map(user_json)
+        .collect();
     Ok(items(&u))
 }
 
@@ -372,7 +452,10 @@ async fn user_create(State(st): St, c: Caller, ApiJson(req): ApiJson<NewUser>) -
         .await
         .map_err(|_| ApiError::internal())?
         .map_err(bad)?;
-    let u = st.lifecycle.store().create_user(&req.name, req.role, &hash)?;
+    let u = st
+        .lifecycle
+        .store()
+        .create_user(&req.name, req.role, &hash)?;
     tracing::info!(user = %u.name, role = %u.role, by = %c.user.name, "user created");
     Ok((StatusCode::CREATED, Json(user_json(&u))).into_response())
 }
@@ -402,7 +485,11 @@ async fn user_password(
             .await
             .map_err(|_| ApiError::internal())?;
         if !ok {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "the current password is wrong"));
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the current password is wrong",
+            ));
         }
     }
     auth::check_new_password(&req.password).map_err(bad)?;
@@ -419,10 +506,18 @@ async fn set_disabled(st: &AppState, c: &Caller, id: &str, disabled: bool) -> Ap
     let store = st.lifecycle.store();
     let u = store.user(id)?;
     if disabled && u.id == c.user.id {
-        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", "you cannot disable yourself"));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "you cannot disable yourself",
+        ));
     }
     if disabled && u.is_admin() && !u.disabled && store.active_admins()? <= 1 {
-        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", "the last admin cannot be disabled"));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "the last admin cannot be disabled",
+        ));
     }
     store.set_disabled(id, disabled)?;
     Ok(Json(user_json(&store.user(id)?)).into_response())
@@ -451,21 +546,35 @@ async fn tokens(State(st): St, c: Caller) -> ApiResult {
 async fn token_create(State(st): St, c: Caller, ApiJson(req): ApiJson<NewToken>) -> ApiResult {
     let name = req.name.trim();
     if name.is_empty() || name.chars().count() > 128 {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "a token name is 1 to 128 characters"));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "a token name is 1 to 128 characters",
+        ));
     }
     let expires = match req.expires_in_days {
         Some(0) | Some(3651..) => {
-            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "expires_in_days is 1 to 3650"))
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "expires_in_days is 1 to 3650",
+            ))
         }
         Some(d) => Some(now() + i64::from(d) * 86_400),
         None => None,
     };
     let secret = auth::new_secret("daas_");
-    let t = st
-        .lifecycle
-        .store()
-        .create_token(&c.user.id, name, &auth::hash_secret(&secret), expires)?;
-    Ok((StatusCode::CREATED, Json(json!({ "token": t, "secret": secret }))).into_response())
+    let t = st.lifecycle.store().create_token(
+        &c.user.id,
+        name,
+        &auth::hash_secret(&secret),
+        expires,
+    )?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "token": t, "secret": secret })),
+    )
+        .into_response())
 }
 
 async fn token_delete(State(st): St, c: Caller, Path(id): Path<String>) -> ApiResult {
@@ -499,8 +608,16 @@ async fn orphan_remove(
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such backend"))?;
     match st.reconciler.remove(backend, &what, &id).await {
         Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
-        Ok(false) => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such orphan in the last reconciler pass")),
-        Err(e) => Err(ApiError::new(StatusCode::BAD_GATEWAY, "backend", crate::jobs::error_chain(&e))),
+        Ok(false) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such orphan in the last reconciler pass",
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "backend",
+            crate::jobs::error_chain(&e),
+        )),
     }
 }
 
@@ -511,7 +628,12 @@ fn object_json(o: &Object) -> Value {
 }
 
 async fn list_phase(st: &AppState, c: &Caller, phase: Phase) -> ApiResult {
-    let v: Vec<Value> = st.lifecycle.objects(&c.user, Some(phase))?.iter().map(object_json).collect();
+    let v: Vec<Value> = st
+        .lifecycle
+        .objects(&c.user, Some(phase))?
+        .iter()
+        .map(object_json)
+        .collect();
     Ok(items(&v))
 }
 
@@ -554,7 +676,11 @@ async fn create_baseimage(State(st): St, c: Caller, ApiJson(req): ApiJson<NewObj
 async fn object_get(State(st): St, c: Caller, Path(id): Path<String>, phase: Phase) -> ApiResult {
     let o = st.lifecycle.object(&c.user, &id)?;
     if o.phase != phase {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{phase} not found")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{phase} not found"),
+        ));
     }
     Ok(Json(object_json(&o)).into_response())
 }
@@ -562,12 +688,21 @@ async fn object_get(State(st): St, c: Caller, Path(id): Path<String>, phase: Pha
 fn check_phase(st: &AppState, c: &Caller, id: &str, phase: Phase) -> Result<(), ApiError> {
     let o = st.lifecycle.object(&c.user, id)?;
     if o.phase != phase {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{phase} not found")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{phase} not found"),
+        ));
     }
     Ok(())
 }
 
-async fn object_delete(State(st): St, c: Caller, Path(id): Path<String>, phase: Phase) -> ApiResult {
+async fn object_delete(
+    State(st): St,
+    c: Caller,
+    Path(id): Path<String>,
+    phase: Phase,
+) -> ApiResult {
     check_phase(&st, &c, &id, phase)?;
     let a = st.lifecycle.delete(&c.user, &id)?;
     Ok(accepted(json!({ "object": a.item, "job": a.job })))
@@ -579,7 +714,12 @@ async fn object_retry(State(st): St, c: Caller, Path(id): Path<String>, phase: P
     Ok(accepted(json!({ "object": a.item, "job": a.job })))
 }
 
-async fn object_finalize(State(st): St, c: Caller, Path(id): Path<String>, phase: Phase) -> ApiResult {
+async fn object_finalize(
+    State(st): St,
+    c: Caller,
+    Path(id): Path<String>,
+    phase: Phase,
+) -> ApiResult {
     check_phase(&st, &c, &id, phase)?;
     let a = st.lifecycle.finalize(&c.user, &id)?;
     Ok(accepted(json!({ "object": a.item, "job": a.job })))
@@ -680,7 +820,12 @@ struct LogsQuery {
     limit: Option<u32>,
 }
 
-async fn job_logs(State(st): St, c: Caller, Path(id): Path<String>, Query(q): Query<LogsQuery>) -> ApiResult {
+async fn job_logs(
+    State(st): St,
+    c: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> ApiResult {
     let (j, _) = st.lifecycle.job(&c.user, &id)?;
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     Ok(items(&st.lifecycle.store().logs(&j.id, q.after, limit)?))
@@ -719,11 +864,17 @@ async fn stream_logs(
     let mut last = after;
     let send = |v: Value| Message::Text(v.to_string().into());
     loop {
-        let Ok(batch) = store.logs(&job.id, last, 1000) else { return };
+        let Ok(batch) = store.logs(&job.id, last, 1000) else {
+            return;
+        };
         let n = batch.len();
         for l in batch {
             last = l.seq;
-            if sock.send(send(json!({ "type": "line", "line": l }))).await.is_err() {
+            if sock
+                .send(send(json!({ "type": "line", "line": l })))
+                .await
+                .is_err()
+            {
                 return;
             }
         }

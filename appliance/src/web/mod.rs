@@ -112,12 +112,16 @@ impl IntoResponse for ApiError {
 impl From<LifecycleError> for ApiError {
     fn from(e: LifecycleError) -> Self {
         match e {
-            LifecycleError::NotFound(what) => {
-                ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
-            }
+            LifecycleError::NotFound(what) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("{what} not found"),
+            ),
             LifecycleError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
             LifecycleError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-            LifecycleError::Invalid(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", m),
+            LifecycleError::Invalid(m) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", m)
+            }
             LifecycleError::Unavailable(m) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
             }
@@ -154,28 +158,35 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             Err(R::JsonSyntaxError(e)) => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_json",
-                format!("the body is not valid JSON: {}", inner_message(&e.body_text())),
+                format!(
+                    "the body is not valid JSON: {}",
+                    inner_message(&e.body_text())
+                ),
             )),
             Err(R::JsonDataError(e)) => Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid",
                 format!("the body does not fit: {}", inner_message(&e.body_text())),
             )),
-            Err(R::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                "the body is larger than this appliance accepts",
+            Err(R::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    "the body is larger than this appliance accepts",
+                ))
+            }
+            Err(e) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                e.body_text(),
             )),
-            Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text())),
         }
     }
 }
 
 fn inner_message(s: &str) -> String {
     // axum prefixes "Failed to deserialize the JSON body into the target type: ".
-    s.split_once(": ")
-        .map_or(s, |(_, rest)| rest)
-        .to_owned()
+    s.split_once(": ").map_or(s, |(_, rest)| rest).to_owned()
 }
 
 /// How the caller proved who they are.
@@ -202,7 +213,11 @@ impl Caller {
         if self.user.is_admin() {
             Ok(&self.user)
         } else {
-            Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this needs an admin"))
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this needs an admin",
+            ))
         }
     }
 }
@@ -235,7 +250,10 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             if user.disabled {
                 return Err(ApiError::unauthorized("the account is disabled"));
             }
-            return Ok(Caller { user, via: AuthVia::Token });
+            return Ok(Caller {
+                user,
+                via: AuthVia::Token,
+            });
         }
         let secret = cookie(&parts.headers, SESSION_COOKIE)
             .ok_or_else(|| ApiError::unauthorized("log in first"))?;
@@ -246,7 +264,9 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         let t = now();
         if s.idle_expires_at <= t || s.absolute_expires_at <= t {
             let _ = store.delete_session(&hash);
-            return Err(ApiError::unauthorized("the session has expired; log in again"));
+            return Err(ApiError::unauthorized(
+                "the session has expired; log in again",
+            ));
         }
         if s.user.disabled {
             return Err(ApiError::unauthorized("the account is disabled"));
@@ -275,7 +295,10 @@ fn check_origin(headers: &HeaderMap, st: &AppState) -> Result<(), ApiError> {
         return refuse("a write with a session cookie needs an Origin header");
     };
     let origin = origin.trim_end_matches('/');
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let scheme = if st.tls { "https" } else { "http" };
     let own = format!("{scheme}://{host}");
     let trusted = origin.eq_ignore_ascii_case(&own)
@@ -312,10 +335,41 @@ pub fn route_table() -> Vec<(&'static str, String)> {
 mod tests {
     use super::*;
 
+    /// Fails when a route is missing from the OpenAPI document (or the
+    /// document names a route that does not exist).
+    #[test]
+    fn every_route_is_in_the_openapi_document() {
+        let doc: serde_json::Value = serde_json::from_str(serve::OPENAPI).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        let mut served = std::collections::BTreeSet::new();
+        for (method, path) in route_table() {
+            served.insert((method.to_owned(), path.clone()));
+            assert!(
+                paths.get(&path).and_then(|p| p.get(method)).is_some(),
+                "{method} {path} is served but missing from openapi.json"
+            );
+        }
+        for (path, ops) in paths {
+            for method in ops.as_object().unwrap().keys() {
+                // The tunnel is served by the gateway's route.
+                if path == "/api/v1/tunnel" {
+                    continue;
+                }
+                assert!(
+                    served.contains(&(method.clone(), path.clone())),
+                    "openapi.json documents {method} {path}, which is not served"
+                );
+            }
+        }
+    }
+
     #[test]
     fn cookies_are_found_among_others() {
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("a=1; daas_session=xyz; b=2"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; daas_session=xyz; b=2"),
+        );
         assert_eq!(cookie(&h, SESSION_COOKIE), Some("xyz"));
         assert_eq!(cookie(&h, "c"), None);
     }

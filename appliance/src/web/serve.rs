@@ -72,16 +72,24 @@ pub fn tls_config(cfg: &Config) -> Result<(Arc<rustls::ServerConfig>, String), T
     let certs: Vec<_> = rustls_pemfile::certs(&mut &cert_pem[..])
         .collect::<Result<_, _>>()
         .map_err(io(&cert_path))?;
-    let first = certs
-        .first()
-        .ok_or_else(|| TlsError::Pem(format!("{}: no certificate in the file", cert_path.display())))?;
+    let first = certs.first().ok_or_else(|| {
+        TlsError::Pem(format!(
+            "{}: no certificate in the file",
+            cert_path.display()
+        ))
+    })?;
     let fingerprint = {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(first.as_ref()))
     };
     let key = rustls_pemfile::private_key(&mut &key_pem[..])
         .map_err(io(&key_path))?
-        .ok_or_else(|| TlsError::Pem(format!("{}: no private key in the file", key_path.display())))?;
+        .ok_or_else(|| {
+            TlsError::Pem(format!(
+                "{}: no private key in the file",
+                key_path.display()
+            ))
+        })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut sc = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -97,7 +105,11 @@ fn make_self_signed(dir: &Path, cert: &Path, key: &Path) -> Result<(), TlsError>
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".into());
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     if !names.contains(&host) {
         names.push(host);
     }
@@ -167,7 +179,9 @@ pub async fn serve(
             Some(acc) => {
                 let acc = acc.clone();
                 tokio::spawn(async move {
-                    let tls = match tokio::time::timeout(Duration::from_secs(10), acc.accept(tcp)).await {
+                    let tls = match tokio::time::timeout(Duration::from_secs(10), acc.accept(tcp))
+                        .await
+                    {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             debug!(%addr, error = %e, "TLS handshake failed");
@@ -188,7 +202,10 @@ pub async fn serve(
         }
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         warn!("connections still open after the grace period; closing them");
     }
 }

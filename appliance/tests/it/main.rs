@@ -1,1 +1,9 @@
+#![allow(unreachable_pub)]
+//! The appliance's integration tests: the real binary, real SQLite files,
+//! real Xvnc sessions in bubblewrap sandboxes.
 
+mod api;
+mod cli;
+mod crash;
+mod harness;
+mod lifecycle;

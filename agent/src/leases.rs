@@ -25,7 +25,7 @@ pub enum LeaseError {
     PoolExhausted { range: Ipv4Range },
     #[error("{mac} has no lease")]
     NotFound { mac: MacAddr },
-    #[error("the request has {what} {value} twice")]
+    #[error("{what} {value} is given twice")]
     Duplicate { what: &'static str, value: String },
     #[error("{count} leases, at most {max}")]
     TooMany { count: usize, max: usize },
@@ -125,6 +125,12 @@ impl LeaseTable {
                 mac: have.mac,
                 ip: have.ip,
                 hostname: have.hostname.clone(),
+            });
+        }
+        if self.by_mac.len() >= MAX_LEASES {
+            return Err(LeaseError::TooMany {
+                count: self.by_mac.len() + 1,
+                max: MAX_LEASES,
             });
         }
         if let Some(mac) = self.by_name.get(&req.hostname) {

@@ -12,6 +12,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, SyncSender};
 use std::sync::Arc;
 use std::thread;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -25,6 +26,43 @@ use crate::accounts::Accounts;
 use crate::error::{IoContext, OpError};
 use crate::safepath::{resolve, Resolve};
 use crate::serve::{reply, Ctx, Shared};
+
+/// Bytes written between writeback kicks of a large upload.
+const WRITEBACK_EVERY: u64 = 16 << 20;
+
+/// Starts writeback of a large upload while it is still arriving, so that
+/// the final fsync has little left to do: a thread calls `fdatasync` when
+/// kicked, and the reader never waits for it (a kick during a running sync
+/// is dropped).
+struct Writeback {
+    kick: SyncSender<()>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl Writeback {
+    fn start(file: &File) -> Option<Self> {
+        let file = file.try_clone().ok()?;
+        let (kick, rx) = mpsc::sync_channel::<()>(1);
+        let thread = thread::Builder::new()
+            .name("writeback".into())
+            .spawn(move || {
+                for () in rx {
+                    let _ = file.sync_data();
+                }
+            })
+            .ok()?;
+        Some(Self { kick, thread })
+    }
+
+    fn kick(&self) {
+        let _ = self.kick.try_send(());
+    }
+
+    fn stop(self) {
+        drop(self.kick);
+        let _ = self.thread.join();
+    }
+}
 
 /// A `put_file` receiving data.
 pub(crate) struct Upload {
@@ -41,6 +79,8 @@ pub(crate) struct Upload {
     mode: u32,
     owner: Option<u32>,
     group: Option<u32>,
+    writeback: Option<Writeback>,
+    next_kick: u64,
 }
 
 fn parse_sha256(s: &str) -> Result<[u8; 32], OpError> {
@@ -141,13 +181,19 @@ impl Upload {
         ))?;
         let dir = Arc::new(r.dir);
         shared.register_temp(id, Arc::clone(&dir), tmp.clone());
+        let file = File::from(fd);
+        let writeback = if args.size > 2 * WRITEBACK_EVERY {
+            Writeback::start(&file)
+        } else {
+            None
+        };
         Ok(Self {
             id,
             dir,
             tmp,
             name: r.name,
             path: r.path,
-            file: File::from(fd),
+            file,
             hasher: Sha256::new(),
             expected,
             size: args.size,
@@ -155,6 +201,8 @@ impl Upload {
             mode,
             owner,
             group,
+            writeback,
+            next_kick: WRITEBACK_EVERY,
         })
     }
 
@@ -176,6 +224,12 @@ impl Upload {
             .ctx(format_args!("writing {}", self.path.display()))?;
         self.hasher.update(data);
         self.received += n;
+        if self.received >= self.next_kick {
+            self.next_kick = self.received + WRITEBACK_EVERY;
+            if let Some(w) = &self.writeback {
+                w.kick();
+            }
+        }
         Ok(self.is_complete())
     }
 
@@ -203,7 +257,10 @@ impl Upload {
         }
     }
 
-    fn commit(self, shared: &Shared) -> Result<PutFileResult, OpError> {
+    fn commit(mut self, shared: &Shared) -> Result<PutFileResult, OpError> {
+        if let Some(w) = self.writeback.take() {
+            w.stop();
+        }
         let r = self.try_commit();
         if r.is_err() {
             let _ = rustix::fs::unlinkat(&*self.dir, &*self.tmp, AtFlags::empty());
@@ -255,7 +312,11 @@ impl Upload {
     }
 
     /// Drops the upload and its temporary file.
-    pub(crate) fn abort(self, shared: &Shared) {
+    pub(crate) fn abort(mut self, shared: &Shared) {
+        if let Some(w) = self.writeback.take() {
+            // Not joined: the reader must not wait for a running sync.
+            drop(w.kick);
+        }
         let _ = rustix::fs::unlinkat(&*self.dir, &*self.tmp, AtFlags::empty());
         shared.unregister_temp(self.id);
     }

@@ -25,7 +25,7 @@ fn expect_error(p: &mut Proxy, id: Option<u64>, code: ErrorCode) -> String {
 
 #[test]
 fn malformed_messages_get_errors_and_the_session_goes_on() {
-    let mut p = Proxy::local(&[]);
+    let mut p = crate::support::local(&[]);
     let cases: &[(&[u8], Option<u64>, ErrorCode)] = &[
         (b"not json", None, ErrorCode::BadMessage),
         (b"", None, ErrorCode::BadMessage),
@@ -57,7 +57,7 @@ fn malformed_messages_get_errors_and_the_session_goes_on() {
 
 #[test]
 fn bad_frames_are_skipped_where_possible() {
-    let mut p = Proxy::local(&[]);
+    let mut p = crate::support::local(&[]);
     // unknown frame type: skipped
     p.send_raw(b"\0\0\0\x03\x7fabc");
     expect_error(&mut p, None, ErrorCode::BadFrame);
@@ -85,7 +85,7 @@ fn bad_frames_are_skipped_where_possible() {
 
 #[test]
 fn a_huge_length_prefix_ends_the_session_cleanly() {
-    let mut p = Proxy::local(&[]);
+    let mut p = crate::support::local(&[]);
     p.send_raw(b"\xff\xff\xff\xf0\x01");
     let msg = expect_error(&mut p, None, ErrorCode::BadFrame);
     assert!(msg.contains("exceeds the limit"), "{msg}");
@@ -93,7 +93,7 @@ fn a_huge_length_prefix_ends_the_session_cleanly() {
     let status = p.wait_exit(Duration::from_secs(10)).expect("exits");
     assert_eq!(status.code(), Some(2));
     // just past the limit is refused too
-    let mut p = Proxy::local(&[]);
+    let mut p = crate::support::local(&[]);
     p.send_raw(&((1u32 << 20) + 1).to_be_bytes());
     p.send_raw(b"\x02");
     expect_error(&mut p, None, ErrorCode::BadFrame);
@@ -105,7 +105,7 @@ fn a_huge_length_prefix_ends_the_session_cleanly() {
 
 #[test]
 fn a_truncated_frame_at_eof_exits_cleanly() {
-    let mut p = Proxy::local(&[]);
+    let mut p = crate::support::local(&[]);
     p.send_raw(b"\0\0\0\x40\x01{\"type\":");
     let status = p.wait_exit(Duration::from_secs(10)).expect("exits");
     assert_eq!(status.code(), Some(0));
@@ -113,7 +113,7 @@ fn a_truncated_frame_at_eof_exits_cleanly() {
 
 #[test]
 fn duplicate_ids_and_too_many_requests() {
-    let mut p = Proxy::local(&[]);
+    let mut p = crate::support::local(&[]);
     let sleep = |s: &str| Exec {
         argv: vec!["sleep".into(), s.into()],
         ..Default::default()
@@ -147,7 +147,7 @@ fn duplicate_ids_and_too_many_requests() {
 
 #[test]
 fn stdin_overflow_is_an_error_not_unbounded_memory() {
-    let mut p = Proxy::local(&[]);
+    let mut p = crate::support::local(&[]);
     let id = p.send(Exec {
         argv: vec!["sleep".into(), "30".into()],
         stdin: true,

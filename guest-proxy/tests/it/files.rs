@@ -7,7 +7,7 @@ use std::time::Duration;
 use daas_guest_proxy_wire::message::{GetFile, Ping, PutFile};
 use daas_guest_proxy_wire::{ErrorCode, Event, Stream};
 
-use crate::harness::{pseudo_random, put_args, sha256_hex, Proxy};
+use crate::harness::{pseudo_random, put_args, sha256_hex};
 use crate::support::{eventually, temp_files};
 
 fn tree() -> (tempfile::TempDir, String) {
@@ -23,7 +23,7 @@ fn tree() -> (tempfile::TempDir, String) {
 #[test]
 fn put_then_get_round_trips() {
     let (_t, root) = tree();
-    let mut p = Proxy::local(&["--allowed-tree", &root]);
+    let mut p = crate::support::local(&["--allowed-tree", &root]);
     let data = pseudo_random(3 << 20, 1);
     let path = format!("{root}/sub/blob.bin");
     let r = p.put_file(put_args(&path, &data), &data).unwrap();
@@ -83,7 +83,7 @@ fn put_then_get_round_trips() {
 #[test]
 fn wrong_checksum_or_size_leaves_nothing() {
     let (_t, root) = tree();
-    let mut p = Proxy::local(&["--allowed-tree", &root]);
+    let mut p = crate::support::local(&["--allowed-tree", &root]);
     let target = format!("{root}/sub/f");
     std::fs::write(&target, b"original").unwrap();
     let data = pseudo_random(600_000, 2);
@@ -138,7 +138,7 @@ fn paths_are_confined_to_the_allowed_tree() {
     symlink("../sub", format!("{root}/sub/inside_link")).unwrap();
     std::fs::write(format!("{root}/sub/real"), b"real").unwrap();
     symlink("real", format!("{root}/sub/final_in")).unwrap();
-    let mut p = Proxy::local(&["--allowed-tree", &root]);
+    let mut p = crate::support::local(&["--allowed-tree", &root]);
     let cases = [
         format!("{root}/../outside/secret"),
         format!("{root}/sub/../../outside/secret"),
@@ -212,7 +212,7 @@ fn paths_are_confined_to_the_allowed_tree() {
         p.get_file("/dev/null").unwrap_err().code,
         ErrorCode::PathRejected
     );
-    let mut p = Proxy::local(&[]);
+    let mut p = crate::support::local(&[]);
     assert_eq!(
         p.get_file("/dev/null").unwrap_err().code,
         ErrorCode::InvalidArgument
@@ -227,7 +227,7 @@ fn cancel_and_dropped_connection_leave_no_partial_file() {
     let target = format!("{root}/sub/big");
 
     // cancel mid-transfer
-    let mut p = Proxy::local(&["--allowed-tree", &root]);
+    let mut p = crate::support::local(&["--allowed-tree", &root]);
     let id = p.send(put_args(&target, &data));
     p.data(id, Stream::File, &data[..1 << 20]);
     p.call(Ping {}).unwrap();
@@ -257,7 +257,7 @@ fn cancel_and_dropped_connection_leave_no_partial_file() {
     assert!(temp_files(&sub).is_empty(), "{:?}", temp_files(&sub));
 
     // killed outright (SIGKILL cannot be caught; the target is still never partial)
-    let mut p = Proxy::local(&["--allowed-tree", &root]);
+    let mut p = crate::support::local(&["--allowed-tree", &root]);
     let id = p.send(put_args(&target, &data));
     p.data(id, Stream::File, &data[..1 << 20]);
     p.call(Ping {}).unwrap();
@@ -269,7 +269,7 @@ fn cancel_and_dropped_connection_leave_no_partial_file() {
     }
 
     // SIGTERM mid-transfer: temporary file removed
-    let mut p = Proxy::local(&["--allowed-tree", &root]);
+    let mut p = crate::support::local(&["--allowed-tree", &root]);
     let id = p.send(put_args(&target, &data));
     p.data(id, Stream::File, &data[..1 << 20]);
     p.call(Ping {}).unwrap();
@@ -283,7 +283,7 @@ fn cancel_and_dropped_connection_leave_no_partial_file() {
 #[test]
 fn concurrent_transfers_interleave() {
     let (_t, root) = tree();
-    let mut p = Proxy::local(&["--allowed-tree", &root]);
+    let mut p = crate::support::local(&["--allowed-tree", &root]);
     let a = pseudo_random(1_000_000, 10);
     let b = pseudo_random(700_000, 11);
     let pa = format!("{root}/a");
@@ -308,4 +308,27 @@ fn concurrent_transfers_interleave() {
     let ra = p.wait(ga);
     assert_eq!(ra.file, a);
     assert_eq!(rb.file, b);
+}
+
+#[test]
+fn a_large_upload_is_written_back_while_it_arrives() {
+    let (_t, root) = tree();
+    let mut p = crate::support::local(&["--allowed-tree", &root]);
+    let data = pseudo_random(40 << 20, 12);
+    let path = format!("{root}/large");
+    let r = p.put_file(put_args(&path, &data), &data).unwrap();
+    assert_eq!(r.sha256, sha256_hex(&data));
+    let (back, got) = p.get_file(&path).unwrap();
+    assert_eq!(got.sha256, r.sha256);
+    assert!(back == data);
+    // cancelled halfway: the writeback thread does not keep the file
+    let id = p.send(put_args(&format!("{root}/large2"), &data));
+    p.data(id, Stream::File, &data[..20 << 20]);
+    p.cancel(id);
+    assert_eq!(
+        p.wait(id).result::<PutFile>().unwrap_err().code,
+        ErrorCode::Cancelled
+    );
+    assert!(!Path::new(&format!("{root}/large2")).exists());
+    assert!(temp_files(Path::new(&root)).is_empty());
 }

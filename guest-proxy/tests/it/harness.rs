@@ -124,13 +124,6 @@ impl Proxy {
         p
     }
 
-    /// The proxy binary, `serve` with extra arguments.
-    pub fn local(args: &[&str]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_daas-guest-proxy"));
-        cmd.arg("serve").args(args);
-        Self::start(cmd)
-    }
-
     pub fn next(&mut self, timeout: Duration) -> Msg {
         if !self.stash.is_empty() {
             return Msg::In(self.stash.remove(0));

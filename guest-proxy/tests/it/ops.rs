@@ -18,7 +18,7 @@ fn exec(argv: &[&str]) -> Exec {
 
 #[test]
 fn hello_names_version_and_capabilities() {
-    let p = Proxy::local(&[]);
+    let p = crate::support::local(&[]);
     assert_eq!(p.hello.protocol, PROTOCOL_VERSION);
     assert_eq!(p.hello.program, "daas-guest-proxy");
     assert_eq!(p.hello.version, env!("CARGO_PKG_VERSION"));
@@ -29,7 +29,7 @@ fn hello_names_version_and_capabilities() {
 
 #[test]
 fn ping_and_info() {
-    let mut p = Proxy::local(&[]);
+    let mut p = crate::support::local(&[]);
     p.call(Ping {}).unwrap();
     let info = p.call(Info {}).unwrap();
     assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
@@ -47,7 +47,7 @@ fn ping_and_info() {
 
 #[test]
 fn exec_streams_output_and_reports_status() {
-    let mut p = Proxy::local(&[]);
+    let mut p = crate::support::local(&[]);
     let r = p.call_reply(exec(&["sh", "-c", "echo out; echo err >&2; exit 3"]));
     let res = r.result::<Exec>().unwrap();
     assert_eq!(r.stdout, b"out\n");
@@ -92,7 +92,7 @@ fn exec_streams_output_and_reports_status() {
 
 #[test]
 fn exec_as_user() {
-    let mut p = Proxy::local(&[]);
+    let mut p = crate::support::local(&[]);
     let mut e = exec(&["sh", "-c", "id -u; id -g; echo $HOME $USER"]);
     e.user = Some("nobody".into());
     let r = p.call_reply(e);
@@ -109,7 +109,7 @@ fn exec_as_user() {
 
 #[test]
 fn exec_stdin_is_streamed() {
-    let mut p = Proxy::local(&[]);
+    let mut p = crate::support::local(&[]);
     let data = pseudo_random(3 << 20, 7);
     let mut e = exec(&["sha256sum"]);
     e.stdin = true;
@@ -135,7 +135,7 @@ fn exec_stdin_is_streamed() {
 
 #[test]
 fn exec_output_is_capped() {
-    let mut p = Proxy::local(&[]);
+    let mut p = crate::support::local(&[]);
     let mut e = exec(&[
         "sh",
         "-c",
@@ -176,7 +176,7 @@ fn first_pid(p: &mut Proxy, id: u64) -> u32 {
 
 #[test]
 fn exec_timeout_and_cancel_kill_the_process_group() {
-    let mut p = Proxy::local(&[]);
+    let mut p = crate::support::local(&[]);
     // timeout
     let mut e = exec(&["sh", "-c", "sleep 30 & echo $!; wait"]);
     e.timeout_ms = Some(300);
@@ -206,7 +206,7 @@ fn exec_timeout_and_cancel_kill_the_process_group() {
 
 #[test]
 fn requests_run_concurrently() {
-    let mut p = Proxy::local(&[]);
+    let mut p = crate::support::local(&[]);
     let slow = p.send(exec(&["sleep", "1"]));
     let started = Instant::now();
     p.call(Ping {}).unwrap();
@@ -220,7 +220,7 @@ fn requests_run_concurrently() {
 
 #[test]
 fn exec_errors_are_typed() {
-    let mut p = Proxy::local(&[]);
+    let mut p = crate::support::local(&[]);
     assert_eq!(
         p.call(exec(&["/no/such/program"])).unwrap_err().code,
         ErrorCode::NotFound
@@ -243,7 +243,7 @@ fn exec_errors_are_typed() {
 
 #[test]
 fn session_end_kills_running_commands() {
-    let mut p = Proxy::local(&[]);
+    let mut p = crate::support::local(&[]);
     let id = p.send(exec(&["sh", "-c", "sleep 60 & echo $!; wait"]));
     let bg = first_pid(&mut p, id);
     let status = p
@@ -255,7 +255,7 @@ fn session_end_kills_running_commands() {
 
 #[test]
 fn termination_signal_cleans_up() {
-    let mut p = Proxy::local(&[]);
+    let mut p = crate::support::local(&[]);
     let id = p.send(exec(&["sh", "-c", "sleep 60 & echo $!; wait"]));
     let bg = first_pid(&mut p, id);
     let pid = nix::unistd::Pid::from_raw(i32::try_from(p.child.id()).unwrap());

@@ -13,6 +13,13 @@ use crate::harness::Proxy;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_daas-guest-proxy");
 
+/// The proxy binary over pipes, `serve` with extra arguments.
+pub fn local(args: &[&str]) -> Proxy {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve").args(args);
+    Proxy::start(cmd)
+}
+
 pub fn skip(what: &str, why: &str) {
     eprintln!("\n*** SKIPPED {what}: {why} ***\n");
 }

@@ -127,7 +127,7 @@ fn ensure_user_creates_once_and_is_idempotent() {
 
 #[test]
 fn ready_reads_systemd_state() {
-    let mut p = crate::harness::Proxy::local(&[]);
+    let mut p = crate::support::local(&[]);
     if !std::path::Path::new("/run/systemd/system").exists() {
         let r = p.call(Ready {}).unwrap();
         assert!(r.ready);
@@ -207,7 +207,7 @@ fn spawn_detaches_into_the_users_session() {
     let Some(x) = Xvnc::start("spawn") else {
         return;
     };
-    let mut p = crate::harness::Proxy::local(&[]);
+    let mut p = crate::support::local(&[]);
     let r = p
         .call(Spawn {
             user: "nobody".into(),
@@ -260,7 +260,7 @@ fn spawn_detaches_into_the_users_session() {
         nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
         nix::sys::signal::Signal::SIGKILL,
     );
-    let mut p = crate::harness::Proxy::local(&[]);
+    let mut p = crate::support::local(&[]);
     let spawn = |argv: &[&str], user: &str, display: &str| Spawn {
         user: user.into(),
         display: display.into(),

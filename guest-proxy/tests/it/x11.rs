@@ -15,7 +15,7 @@ fn set_resolution_with_xrandr() {
     let Some(x) = Xvnc::start("set_resolution") else {
         return;
     };
-    let mut p = Proxy::local(&[]);
+    let mut p = crate::support::local(&[]);
     let r = p
         .call(SetResolution {
             display: x.display.clone(),
@@ -93,7 +93,7 @@ fn clipboard_with_xclip_then_xsel_then_neither() {
         skip("clipboard", "xclip and xsel are not both installed");
         return;
     }
-    let mut p = Proxy::local(&[]);
+    let mut p = crate::support::local(&[]);
     // nobody owns the selection yet
     let r = p
         .call(ClipboardGet {

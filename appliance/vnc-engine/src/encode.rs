@@ -202,6 +202,11 @@ impl ColorSet {
     }
 }
 
+/// Pixels of a clipped area, for capacities (saturating: a hint only).
+fn pixel_count(a: &Area) -> usize {
+    usize::try_from(a.area()).unwrap_or(usize::MAX / 4)
+}
+
 fn dims(a: &Area) -> Result<(u32, u32), EncodeError> {
     let (w, h) = (a.width(), a.height());
     if w == 0 || h == 0 || w > 65535 || h > 65535 {
@@ -249,7 +254,7 @@ pub(crate) fn png(px: Pixels<'_>, a: &Area, out: &mut Vec<u8>) -> Result<(), Enc
         wr.finish().map_err(EncodeError::Png)?;
         return Ok(());
     }
-    let mut rgb = Vec::with_capacity(a.area() as usize * 3);
+    let mut rgb = Vec::with_capacity(pixel_count(&a) * 3);
     for row in px.rows(&a) {
         for &p in row {
             let [_, r, g, b] = p.to_be_bytes();
@@ -269,7 +274,7 @@ pub(crate) fn png(px: Pixels<'_>, a: &Area, out: &mut Vec<u8>) -> Result<(), Enc
 /// The palette and one index per pixel, or `None` beyond 256 colours.
 fn palettize(px: Pixels<'_>, a: &Area) -> Option<(Vec<u32>, Vec<u8>)> {
     let mut set = ColorSet::new();
-    let mut indices = Vec::with_capacity(a.area() as usize);
+    let mut indices = Vec::with_capacity(pixel_count(a));
     let mut last = EMPTY;
     let mut last_index = 0u8;
     for row in px.rows(a) {
@@ -314,7 +319,7 @@ pub(crate) fn jpeg(
 ) -> Result<(), EncodeError> {
     let a = px.clip(a);
     let (w, h) = dims(&a)?;
-    let mut bgrx = Vec::with_capacity(a.area() as usize * 4);
+    let mut bgrx = Vec::with_capacity(pixel_count(&a) * 4);
     for row in px.rows(&a) {
         for &p in row {
             bgrx.extend_from_slice(&p.to_le_bytes());

@@ -23,6 +23,9 @@ use crate::{DisplayParams, EngineConfig, EngineError, EngineStats};
 const READ_BUF: usize = 256 * 1024;
 /// While this much input waits for the server, the client is not read.
 const MAX_SERVER_BACKLOG: usize = 1024 * 1024;
+/// After a failed write, how long the read side may take to report how
+/// the server ended before the write error is reported instead.
+const WRITE_ERROR_GRACE: Duration = Duration::from_secs(2);
 /// A client `size` takes effect after this quiet time.
 const RESIZE_DEBOUNCE: Duration = Duration::from_millis(150);
 
@@ -73,6 +76,8 @@ pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let (mut rd, mut wr) = tokio::io::split(server);
     let mut s = Session::new(params, cfg, stats);
     let mut rbuf = vec![0u8; READ_BUF];
+    let mut write_error: Option<std::io::Error> = None;
+    let mut write_error_at: Option<Instant> = None;
     let span = tracing::debug_span!("vnc_engine");
     let _enter = span.enter();
     loop {
@@ -92,16 +97,23 @@ pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     return Ok(());
                 }
             }
-            n = wr.write(&s.server_out), if !s.server_out.is_empty() => {
+            n = wr.write(&s.server_out), if !s.server_out.is_empty() && write_error.is_none() => {
+                // A failed write usually means the server hung up: stop
+                // writing and let the read side tell how it ended.
                 match n {
-                    Ok(0) => return Err(s.io_error(std::io::ErrorKind::WriteZero.into())),
+                    Ok(0) => write_error = Some(std::io::ErrorKind::WriteZero.into()),
                     Ok(n) => {
                         s.server_out.drain(..n);
                         if s.server_out.is_empty() {
-                            wr.flush().await.map_err(|e| s.io_error(e))?;
+                            if let Err(e) = wr.flush().await {
+                                write_error = Some(e);
+                            }
                         }
                     }
-                    Err(e) => return Err(s.io_error(e)),
+                    Err(e) => write_error = Some(e),
+                }
+                if write_error.is_some() {
+                    write_error_at = Some(Instant::now());
                 }
             }
             n = rd.read(&mut rbuf) => {
@@ -113,6 +125,11 @@ pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
             }
             () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 s.on_timer(Instant::now())?;
+            }
+            () = tokio::time::sleep_until(write_error_at.unwrap_or_else(Instant::now) + WRITE_ERROR_GRACE), if write_error_at.is_some() => {
+                if let Some(e) = write_error.take() {
+                    return Err(s.io_error(e));
+                }
             }
         }
         s.after_step()?;

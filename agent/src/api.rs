@@ -88,7 +88,7 @@ pub fn store_error(e: &StoreError) -> ApiError {
         StoreError::Reload(_) => ErrorCode::DnsmasqUnavailable,
         StoreError::Stopping => ErrorCode::DnsmasqUnavailable,
     };
-    let mut api = ApiError::new(code, e.to_string());
+    let mut api = ApiError::new(code, crate::util::chain(e));
     if let StoreError::Reload(r) = e {
         api.dnsmasq = Some(r.0.clone());
     }

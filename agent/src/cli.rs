@@ -58,7 +58,7 @@ pub fn main() -> ExitCode {
     let (config, path) = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("daas-agent: {e}");
+            eprintln!("daas-agent: {}", crate::util::chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -80,6 +80,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let is_serve = matches!(cli.command, Command::Serve);
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve => serve(config).await,
@@ -96,8 +97,11 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("daas-agent: {e:#}");
+            if is_serve {
+                tracing::error!("{e:#}");
+            } else {
+                eprintln!("daas-agent: {e:#}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -108,6 +112,7 @@ fn init_logging(config: &Config) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match config.log.format {
         LogFormat::Json => builder.json().try_init(),

@@ -20,7 +20,7 @@ use crate::tls::{client_config, PinnedServerVerifier, TlsError};
 pub enum ClientError {
     #[error("invalid appliance URL {url:?}: {reason}")]
     Url { url: String, reason: &'static str },
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}")]
     Connect {
         addr: String,
         #[source]
@@ -34,17 +34,17 @@ pub enum ClientError {
         expected: Fingerprint,
         got: Fingerprint,
     },
-    #[error("TLS handshake with {addr} failed: {source}")]
+    #[error("TLS handshake with {addr} failed")]
     Tls {
         addr: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("TLS setup: {0}")]
+    #[error("TLS setup")]
     TlsConfig(#[from] TlsError),
     #[error("no answer from {addr} within {timeout:?}")]
     Timeout { addr: String, timeout: Duration },
-    #[error("HTTP: {0}")]
+    #[error("HTTP exchange failed")]
     Http(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the appliance answered {status}: {}", .error.as_ref().map(|e| e.to_string()).unwrap_or_else(|| .body.clone()))]
     Status {
@@ -52,7 +52,7 @@ pub enum ClientError {
         error: Option<Box<ApiError>>,
         body: String,
     },
-    #[error("the appliance's answer does not parse: {0}")]
+    #[error("the appliance's answer does not parse")]
     Decode(#[source] serde_json::Error),
 }
 

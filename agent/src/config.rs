@@ -15,7 +15,7 @@ pub const DEFAULT_PATH: &str = "/etc/daas/agent.toml";
 /// A configuration that could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         #[source]

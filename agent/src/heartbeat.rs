@@ -129,7 +129,7 @@ impl HeartbeatTask {
         self.client
             .post_json(path, &hb, Some(&self.secret))
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| crate::util::chain(&e))
     }
 }
 

@@ -29,7 +29,7 @@ pub enum JoinError {
     NoName(String),
     #[error(transparent)]
     State(#[from] StateError),
-    #[error("cannot make the node key or CSR: {0}")]
+    #[error("cannot make the node key or CSR")]
     Key(#[source] rcgen::Error),
     #[error(transparent)]
     Client(#[from] ClientError),
@@ -152,9 +152,13 @@ fn check_response(resp: &JoinResponse, key_pem: &str) -> Result<(), JoinError> {
         &resp.ca_certificate_pem,
         &node_dns_name(&resp.node_id),
     )
-    .map_err(|e| bad(format!("node certificate: {e}")))?;
+    .map_err(|e| bad(format!("node certificate: {}", crate::util::chain(&e))))?;
     // rustls refuses a certificate whose public key is not the key's.
-    tls::server_config(&resp.certificate_pem, key_pem, &resp.ca_certificate_pem)
-        .map_err(|e| bad(format!("node certificate does not fit the node key: {e}")))?;
+    tls::server_config(&resp.certificate_pem, key_pem, &resp.ca_certificate_pem).map_err(|e| {
+        bad(format!(
+            "node certificate does not fit the node key: {}",
+            crate::util::chain(&e)
+        ))
+    })?;
     Ok(())
 }

@@ -25,20 +25,20 @@ use crate::util::unix_now;
 /// The agent could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("state directory: {0}")]
+    #[error("state directory")]
     State(#[from] StateError),
     #[error("another daas-agent holds {path}")]
     Locked { path: PathBuf },
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io {
         what: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("hosts file: {0}")]
+    #[error("hosts file")]
     Hosts(#[from] LoadError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
         #[source]
@@ -46,11 +46,11 @@ pub enum StartError {
     },
     #[error("socket group {0:?} does not exist")]
     NoGroup(String),
-    #[error("mutual TLS from the join state: {0}")]
+    #[error("mutual TLS from the join state")]
     Tls(#[from] crate::tls::TlsError),
-    #[error("heartbeat: {0}")]
+    #[error("heartbeat")]
     Heartbeat(#[from] crate::client::ClientError),
-    #[error("leases: {0}")]
+    #[error("leases")]
     Range(#[from] daas_agent_api::Ipv4RangeError),
 }
 

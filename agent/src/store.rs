@@ -31,7 +31,7 @@ pub enum StoreError {
     #[error("cannot write {path}: {message}")]
     Write { path: PathBuf, message: String },
     /// The change is on disk, but dnsmasq could not be told.
-    #[error("the change is stored in the hosts file, but {0}")]
+    #[error("the change is stored in the hosts file, but dnsmasq could not be told to reload it")]
     Reload(#[source] ReloadError),
     /// The agent is stopping.
     #[error("the agent is stopping")]
@@ -41,25 +41,25 @@ pub enum StoreError {
 /// The hosts file could not be loaded at start.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Parse {
         path: PathBuf,
         #[source]
         source: hostsfile::ParseError,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Conflict {
         path: PathBuf,
         #[source]
         source: LeaseError,
     },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: PathBuf,
         #[source]
@@ -290,7 +290,7 @@ async fn flush(inner: &Arc<Inner>) {
             }
             let reload = inner.dnsmasq.reload().await;
             if let Err(e) = &reload {
-                tracing::warn!(error = %e, "hosts file written, dnsmasq not reloaded");
+                tracing::warn!(error = %crate::util::chain(e), "hosts file written, dnsmasq not reloaded");
             }
             let outcome = reload.map_err(StoreError::Reload);
             for w in waiters {

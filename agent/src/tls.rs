@@ -28,19 +28,19 @@ pub enum TlsError {
         what: &'static str,
         kind: &'static str,
     },
-    #[error("{what}: bad PEM: {source}")]
+    #[error("{what}: bad PEM")]
     Pem {
         what: &'static str,
         #[source]
         source: std::io::Error,
     },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Rustls {
         what: &'static str,
         #[source]
         source: rustls::Error,
     },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Verifier {
         what: &'static str,
         #[source]

@@ -385,22 +385,24 @@ async fn converge_replaces_the_set_all_or_nothing_and_survives_a_restart() {
     )
     .unwrap();
     let text = config_text(dir.path(), LEASES, &dnsmasq.config(), "");
-    let err = daas_agent::Agent::build(parse_config(dir.path(), &text))
-        .await
-        .err()
-        .unwrap()
-        .to_string();
+    let err = daas_agent::util::chain(
+        &daas_agent::Agent::build(parse_config(dir.path(), &text))
+            .await
+            .err()
+            .unwrap(),
+    );
     assert!(err.contains("address 10.213.0.1 is given twice"), "{err}");
     std::fs::write(
         dir.path().join("state/dnsmasq-hosts"),
         "52:54:00:00:00:01,10.213.0.1\n",
     )
     .unwrap();
-    let err = daas_agent::Agent::build(parse_config(dir.path(), &text))
-        .await
-        .err()
-        .unwrap()
-        .to_string();
+    let err = daas_agent::util::chain(
+        &daas_agent::Agent::build(parse_config(dir.path(), &text))
+            .await
+            .err()
+            .unwrap(),
+    );
     assert!(err.contains("line 1: expected MAC,IP,hostname"), "{err}");
 }
 
@@ -431,11 +433,12 @@ async fn without_dnsmasq_changes_are_stored_and_the_error_says_so() {
     let (_, list) = call(&agent.socket, Method::GET, "/v1/leases", None).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
     // a second agent on the same state dir is refused
-    let err = daas_agent::Agent::build(parse_config(dir.path(), &text))
-        .await
-        .err()
-        .unwrap()
-        .to_string();
+    let err = daas_agent::util::chain(
+        &daas_agent::Agent::build(parse_config(dir.path(), &text))
+            .await
+            .err()
+            .unwrap(),
+    );
     assert!(err.contains("another daas-agent"), "{err}");
     agent.shutdown().await;
 }

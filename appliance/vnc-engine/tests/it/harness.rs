@@ -437,6 +437,30 @@ impl Browser {
         Ok(())
     }
 
+    /// Saves the browser's picture as a PNG under the target directory
+    /// (for failures) and returns its path.
+    pub(crate) fn screenshot(&self, name: &str) -> Result<PathBuf> {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let path = dir.join(format!("vnc-engine-{name}.png"));
+        let file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        let mut e = png::Encoder::new(file, self.width.max(1), self.height.max(1));
+        e.set_color(png::ColorType::Rgb);
+        let mut w = e.write_header()?;
+        let mut rgb: Vec<u8> = self
+            .pixels
+            .iter()
+            .flat_map(|p| {
+                let [_, r, g, b] = p.to_be_bytes();
+                [r, g, b]
+            })
+            .collect();
+        rgb.resize((self.width.max(1) * self.height.max(1) * 3) as usize, 0);
+        w.write_image_data(&rgb)?;
+        w.finish()?;
+        eprintln!("screenshot: {}", path.display());
+        Ok(path)
+    }
+
     pub(crate) fn count(&self, color: u32) -> usize {
         self.pixels.iter().filter(|&&p| p == color).count()
     }

@@ -77,7 +77,9 @@ async fn typing_into_xterm_changes_the_picture() -> Result<()> {
         .await?;
     x.x_spawn(
         "xterm",
+        // +j: no jump scrolling, so each new line scrolls (XCopyArea).
         &[
+            "+j",
             "-geometry",
             "80x24+0+0",
             "-bg",
@@ -107,7 +109,8 @@ async fn typing_into_xterm_changes_the_picture() -> Result<()> {
     // Return, then many lines: the terminal scrolls with copies.
     b.send("key", &["65293", "1"]).await?;
     b.send("key", &["65293", "0"]).await?;
-    let cmd = "seq 1 400";
+    // One line at a time, so that each scroll is its own CopyRect.
+    let cmd = "for i in $(seq 1 40); do echo line $i; sleep 0.03; done";
     for ch in cmd.chars() {
         let keysym = u32::from(ch).to_string();
         b.send("key", &[&keysym, "1"]).await?;
@@ -115,10 +118,15 @@ async fn typing_into_xterm_changes_the_picture() -> Result<()> {
     }
     b.send("key", &["65293", "1"]).await?;
     b.send("key", &["65293", "0"]).await?;
-    b.until(T, "scrolling with copy", |b| {
-        b.log.iter().any(|i| i.opcode == "copy")
-    })
-    .await?;
+    let scrolled = b
+        .until(T, "scrolling with copy", |b| {
+            b.log.iter().any(|i| i.opcode == "copy")
+        })
+        .await;
+    if scrolled.is_err() {
+        b.screenshot("typing_into_xterm")?;
+    }
+    scrolled?;
     // Once quiet, the picture matches the server again.
     b.pump_for(Duration::from_millis(800)).await?;
     let (_, _, root) = x.root_pixels().await?;

@@ -115,6 +115,18 @@ impl Accounts {
         self.groups.iter().find(|g| g.name == name)
     }
 
+    /// The user's primary gid and every group listing them, as for
+    /// `initgroups`.
+    pub(crate) fn group_ids(&self, user: &User) -> Vec<u32> {
+        let mut gids = vec![user.gid];
+        for g in &self.groups {
+            if g.members.iter().any(|m| m == &user.name) && !gids.contains(&g.gid) {
+                gids.push(g.gid);
+            }
+        }
+        gids
+    }
+
     /// Whether `user` belongs to `group` (as primary or supplementary group).
     pub(crate) fn is_member(&self, user: &User, group: &str) -> bool {
         self.group(group)
@@ -153,6 +165,10 @@ mod tests {
         assert_eq!(acc.gid("77"), Some(77));
         assert!(acc.is_member(acc.user_by_uid(1000).unwrap(), "audio"));
         assert!(!acc.is_member(acc.user_by_uid(0).unwrap(), "audio"));
+        assert_eq!(
+            acc.group_ids(acc.user_by_uid(1000).unwrap()),
+            vec![1000, 29]
+        );
     }
 
     #[test]

@@ -246,6 +246,7 @@ pub fn main() -> ExitCode {
         },
         detach::HELPER_ARG => detach::helper_main(),
         detach::DELAYED_ARG => detach::exec_after_main(rest),
+        detach::EXEC_AS_ARG => detach::exec_as_main(rest),
         other => fail(&format!("unknown command {other:?}; see --help")),
     }
 }

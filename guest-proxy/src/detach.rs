@@ -22,6 +22,7 @@ use crate::tools::Tool;
 
 pub(crate) const HELPER_ARG: &str = "__detach";
 pub(crate) const DELAYED_ARG: &str = "__exec-after";
+pub(crate) const EXEC_AS_ARG: &str = "__exec-as";
 
 /// What to start.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,6 +33,9 @@ pub(crate) struct DetachSpec {
     pub(crate) cwd: String,
     pub(crate) uid: Option<u32>,
     pub(crate) gid: Option<u32>,
+    /// Supplementary groups (with `uid`).
+    #[serde(default)]
+    pub(crate) groups: Vec<u32>,
     /// Wait this long before starting the program.
     pub(crate) delay_ms: u64,
 }
@@ -133,6 +137,16 @@ fn start(spec: &DetachSpec) -> std::io::Result<u32> {
         ));
     };
     nix::unistd::setsid().map_err(std::io::Error::from)?;
+    // Drop to the user here, in the helper, where supplementary groups can
+    // be set without unsafe code (std's `uid()` would drop them all).
+    if let Some(uid) = spec.uid {
+        use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+        let gid = spec.gid.unwrap_or(uid);
+        let groups: Vec<Gid> = spec.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+        setgroups(&groups).map_err(std::io::Error::from)?;
+        setgid(Gid::from_raw(gid)).map_err(std::io::Error::from)?;
+        setuid(Uid::from_raw(uid)).map_err(std::io::Error::from)?;
+    }
     let mut cmd = if spec.delay_ms > 0 {
         let mut c = Command::new("/proc/self/exe");
         c.arg(DELAYED_ARG)
@@ -151,12 +165,6 @@ fn start(spec: &DetachSpec) -> std::io::Result<u32> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    if let Some(gid) = spec.gid {
-        cmd.gid(gid);
-    }
-    if let Some(uid) = spec.uid {
-        cmd.uid(uid);
-    }
     Ok(cmd.spawn()?.id())
 }
 
@@ -173,6 +181,45 @@ pub(crate) fn exec_after_main(args: &[String]) -> ExitCode {
     };
     std::thread::sleep(Duration::from_millis(ms));
     let e = Command::new(program).args(&args[3..]).exec();
+    eprintln!("daas-guest-proxy: cannot run {program:?}: {e}");
+    ExitCode::from(127)
+}
+
+/// `daas-guest-proxy __exec-as UID GID GROUPS -- ARGV...`: takes on the
+/// user's uid, gid and supplementary groups (comma-separated), then becomes
+/// ARGV, keeping pid, process group, stdio, environment and cwd. `exec` runs
+/// commands for a `user` through this, as std cannot set supplementary
+/// groups in the child without unsafe code.
+pub(crate) fn exec_as_main(args: &[String]) -> ExitCode {
+    use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+    let parse = |s: Option<&String>| s.and_then(|s| s.parse::<u32>().ok());
+    let (Some(uid), Some(gid), Some(groups), Some("--"), Some(program)) = (
+        parse(args.first()),
+        parse(args.get(1)),
+        args.get(2),
+        args.get(3).map(String::as_str),
+        args.get(4),
+    ) else {
+        eprintln!("daas-guest-proxy: bad {EXEC_AS_ARG} arguments");
+        return ExitCode::from(2);
+    };
+    let groups: Option<Vec<Gid>> = groups
+        .split(',')
+        .filter(|g| !g.is_empty())
+        .map(|g| g.parse::<u32>().ok().map(Gid::from_raw))
+        .collect();
+    let Some(groups) = groups else {
+        eprintln!("daas-guest-proxy: bad groups {:?}", args[2]);
+        return ExitCode::from(2);
+    };
+    let dropped = setgroups(&groups)
+        .and_then(|()| setgid(Gid::from_raw(gid)))
+        .and_then(|()| setuid(Uid::from_raw(uid)));
+    if let Err(e) = dropped {
+        eprintln!("daas-guest-proxy: cannot become uid {uid}: {e}");
+        return ExitCode::from(126);
+    }
+    let e = Command::new(program).args(&args[5..]).exec();
     eprintln!("daas-guest-proxy: cannot run {program:?}: {e}");
     ExitCode::from(127)
 }

@@ -122,34 +122,78 @@ pub(crate) fn check_argv(argv: &[String]) -> Result<&str, OpError> {
     Ok(first)
 }
 
+/// Whether `program` can be found as `Command` would find it.
+fn program_exists(program: &str, path: Option<&str>) -> bool {
+    if program.contains('/') {
+        return std::path::Path::new(program).exists();
+    }
+    let search = path
+        .map(std::ffi::OsString::from)
+        .unwrap_or_else(search_path);
+    std::env::split_paths(&search).any(|d| d.join(program).is_file())
+}
+
 fn build(args: &Exec, with_stdin: bool) -> Result<Command, OpError> {
     let argv0 = check_argv(&args.argv)?;
     check_env(&args.env)?;
-    let mut cmd = Command::new(argv0);
-    cmd.args(&args.argv[1..]);
+    let mut cwd = args.cwd.clone();
+    let mut cmd = match &args.user {
+        None => {
+            let mut cmd = Command::new(argv0);
+            cmd.args(&args.argv[1..]);
+            cmd
+        }
+        Some(name) => {
+            let acc = Accounts::load(std::path::Path::new("/"));
+            let user = acc
+                .user(name)
+                .ok_or_else(|| OpError::new(ErrorCode::NotFound, format!("no user {name:?}")))?;
+            if !program_exists(argv0, args.env.get("PATH").map(String::as_str)) {
+                return Err(OpError::new(
+                    ErrorCode::NotFound,
+                    format!("cannot run {argv0:?}: not found"),
+                ));
+            }
+            let groups: Vec<String> = acc.group_ids(&user).iter().map(u32::to_string).collect();
+            // The helper drops to the user (with supplementary groups) and
+            // then becomes argv, keeping the pid.
+            let mut cmd = Command::new("/proc/self/exe");
+            cmd.arg(crate::detach::EXEC_AS_ARG)
+                .arg(user.uid.to_string())
+                .arg(user.gid.to_string())
+                .arg(groups.join(","))
+                .arg("--")
+                .args(&args.argv);
+            for (k, v) in [
+                ("HOME", user.home.as_str()),
+                ("USER", user.name.as_str()),
+                ("LOGNAME", user.name.as_str()),
+                ("SHELL", user.shell.as_str()),
+            ] {
+                cmd.env(k, v);
+            }
+            if cwd.is_none() && std::path::Path::new(&user.home).is_dir() {
+                cwd = Some(user.home.clone());
+            }
+            cmd
+        }
+    };
     if args.clear_env {
         cmd.env_clear();
+        if let Some(name) = &args.user {
+            if let Some(user) = Accounts::load(std::path::Path::new("/")).user(name) {
+                for (k, v) in [
+                    ("HOME", user.home),
+                    ("USER", user.name.clone()),
+                    ("LOGNAME", user.name),
+                ] {
+                    cmd.env(k, v);
+                }
+            }
+        }
     }
     if !args.env.contains_key("PATH") && (args.clear_env || std::env::var_os("PATH").is_none()) {
         cmd.env("PATH", search_path());
-    }
-    let mut cwd = args.cwd.clone();
-    if let Some(name) = &args.user {
-        let user = Accounts::load(std::path::Path::new("/"))
-            .user(name)
-            .ok_or_else(|| OpError::new(ErrorCode::NotFound, format!("no user {name:?}")))?;
-        cmd.uid(user.uid).gid(user.gid);
-        for (k, v) in [
-            ("HOME", user.home.as_str()),
-            ("USER", user.name.as_str()),
-            ("LOGNAME", user.name.as_str()),
-            ("SHELL", user.shell.as_str()),
-        ] {
-            cmd.env(k, v);
-        }
-        if cwd.is_none() && std::path::Path::new(&user.home).is_dir() {
-            cwd = Some(user.home.clone());
-        }
     }
     cmd.envs(&args.env);
     if let Some(dir) = cwd {

@@ -340,6 +340,7 @@ pub(crate) fn power(
         cwd: "/".into(),
         uid: None,
         gid: None,
+        groups: Vec::new(),
         // Time for the answer to reach the appliance before SSH goes down.
         delay_ms: delay_ms.unwrap_or(500).clamp(1, 600_000),
     })?;
@@ -386,9 +387,11 @@ pub(crate) fn spawn(_ctx: &Ctx, a: Spawn) -> Result<SpawnResult, OpError> {
     check_argv(&a.argv)?;
     check_env(&a.env)?;
     parse_display(&a.display)?;
-    let user = Accounts::load(Path::new("/"))
+    let acc = Accounts::load(Path::new("/"));
+    let user = acc
         .user(&a.user)
         .ok_or_else(|| OpError::new(ErrorCode::NotFound, format!("no user {:?}", a.user)))?;
+    let groups = acc.group_ids(&user);
     let mut env = session_env(&user, &a.display)?;
     env.extend(a.env);
     let cwd = a.cwd.unwrap_or_else(|| {
@@ -404,6 +407,7 @@ pub(crate) fn spawn(_ctx: &Ctx, a: Spawn) -> Result<SpawnResult, OpError> {
         cwd,
         uid: Some(user.uid),
         gid: Some(user.gid),
+        groups,
         delay_ms: 0,
     })?;
     Ok(SpawnResult { pid })

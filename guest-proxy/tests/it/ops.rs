@@ -93,7 +93,7 @@ fn exec_streams_output_and_reports_status() {
 #[test]
 fn exec_as_user() {
     let mut p = crate::support::local(&[]);
-    let mut e = exec(&["sh", "-c", "id -u; id -g; echo $HOME $USER"]);
+    let mut e = exec(&["sh", "-c", "id -u; id -g; id -G; echo $HOME $USER; echo $$"]);
     e.user = Some("nobody".into());
     let r = p.call_reply(e);
     r.result::<Exec>().unwrap();
@@ -101,7 +101,18 @@ fn exec_as_user() {
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some("65534"));
     assert_eq!(lines.next(), Some("65534"));
+    assert_eq!(
+        lines.next(),
+        Some("65534"),
+        "supplementary groups as for a login"
+    );
     assert!(lines.next().unwrap().ends_with(" nobody"));
+    // the command keeps the pid announced in `started`
+    let pid: u32 = lines.next().unwrap().parse().unwrap();
+    assert!(matches!(r.events[0], Event::Started { pid: p } if p == pid));
+    let mut e = exec(&["/no/such/program"]);
+    e.user = Some("nobody".into());
+    assert_eq!(p.call(e).unwrap_err().code, ErrorCode::NotFound);
     let mut e = exec(&["true"]);
     e.user = Some("no-such-user-xyz".into());
     assert_eq!(p.call(e).unwrap_err().code, ErrorCode::NotFound);

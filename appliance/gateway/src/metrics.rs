@@ -1,0 +1,185 @@
+//! Counters of all tunnels, for `/metrics`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// The gateway's counters, shared by all tunnels (one `Arc<Metrics>` per
+/// appliance). Tunnels add to them once per WebSocket message, not per
+/// instruction, so contention stays low.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Tunnels open now (a gauge).
+    pub open_tunnels: AtomicU64,
+    /// Tunnels opened since start.
+    pub tunnels_total: AtomicU64,
+    /// Tunnels that ended with an error status.
+    pub tunnel_failures_total: AtomicU64,
+    /// Bytes of instructions sent to browsers.
+    pub bytes_to_client: AtomicU64,
+    /// Bytes of instructions received from browsers.
+    pub bytes_from_client: AtomicU64,
+    /// WebSocket messages sent to browsers.
+    pub messages_to_client: AtomicU64,
+    /// WebSocket messages received from browsers.
+    pub messages_from_client: AtomicU64,
+    /// Instructions relayed to browsers (the guacd engine).
+    pub instructions_to_client: AtomicU64,
+    /// Instructions received from browsers, internal ones included.
+    pub instructions_from_client: AtomicU64,
+    /// Frames (`sync` instructions) sent to browsers.
+    pub frames: AtomicU64,
+    /// Browser round trips measured: a `sync` sent and its acknowledgement.
+    pub sync_round_trips: AtomicU64,
+    /// Their total time, in microseconds.
+    pub sync_round_trip_micros: AtomicU64,
+    /// Internal pings answered by the tunnel.
+    pub pings_answered: AtomicU64,
+}
+
+impl Metrics {
+    /// A fresh set of counters.
+    pub fn new() -> Self {
+        Metrics::default()
+    }
+
+    /// Every metric as (name, help, value), in Prometheus naming: names that
+    /// end in `_total` are counters, the others gauges.
+    pub fn prometheus(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let get = |a: &AtomicU64| a.load(Relaxed);
+        vec![
+            (
+                "daas_gateway_open_tunnels",
+                "Tunnels open now.",
+                get(&self.open_tunnels),
+            ),
+            (
+                "daas_gateway_tunnels_total",
+                "Tunnels opened.",
+                get(&self.tunnels_total),
+            ),
+            (
+                "daas_gateway_tunnel_failures_total",
+                "Tunnels that ended with an error status.",
+                get(&self.tunnel_failures_total),
+            ),
+            (
+                "daas_gateway_sent_bytes_total",
+                "Bytes of Guacamole instructions sent to browsers.",
+                get(&self.bytes_to_client),
+            ),
+            (
+                "daas_gateway_received_bytes_total",
+                "Bytes of Guacamole instructions received from browsers.",
+                get(&self.bytes_from_client),
+            ),
+            (
+                "daas_gateway_sent_messages_total",
+                "WebSocket messages sent to browsers.",
+                get(&self.messages_to_client),
+            ),
+            (
+                "daas_gateway_received_messages_total",
+                "WebSocket messages received from browsers.",
+                get(&self.messages_from_client),
+            ),
+            (
+                "daas_gateway_relayed_instructions_total",
+                "Instructions relayed from guacd to browsers.",
+                get(&self.instructions_to_client),
+            ),
+            (
+                "daas_gateway_received_instructions_total",
+                "Instructions received from browsers.",
+                get(&self.instructions_from_client),
+            ),
+            (
+                "daas_gateway_frames_total",
+                "Frames (sync instructions) sent to browsers.",
+                get(&self.frames),
+            ),
+            (
+                "daas_gateway_sync_round_trips_total",
+                "Browser round trips measured from sync acknowledgements.",
+                get(&self.sync_round_trips),
+            ),
+            (
+                "daas_gateway_sync_round_trip_microseconds_total",
+                "Total time of those round trips, in microseconds.",
+                get(&self.sync_round_trip_micros),
+            ),
+            (
+                "daas_gateway_pings_answered_total",
+                "Internal pings the tunnel answered.",
+                get(&self.pings_answered),
+            ),
+        ]
+    }
+
+    /// [`Metrics::prometheus`] in the Prometheus text format, with `# HELP`
+    /// and `# TYPE` lines.
+    pub fn prometheus_text(&self) -> String {
+        let mut out = String::new();
+        for (name, help, value) in self.prometheus() {
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        out
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        if n != 0 {
+            counter.fetch_add(n, Relaxed);
+        }
+    }
+}
+
+/// Keeps [`Metrics::open_tunnels`] true while a tunnel runs.
+pub(crate) struct OpenGuard<'a>(&'a Metrics);
+
+impl<'a> OpenGuard<'a> {
+    pub(crate) fn new(metrics: &'a Metrics) -> Self {
+        metrics.open_tunnels.fetch_add(1, Relaxed);
+        metrics.tunnels_total.fetch_add(1, Relaxed);
+        OpenGuard(metrics)
+    }
+}
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.open_tunnels.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_format() {
+        let m = Metrics::new();
+        {
+            let _g = OpenGuard::new(&m);
+            Metrics::add(&m.frames, 3);
+            assert_eq!(m.open_tunnels.load(Relaxed), 1);
+        }
+        let text = m.prometheus_text();
+        assert!(
+            text.contains("# TYPE daas_gateway_open_tunnels gauge\ndaas_gateway_open_tunnels 0\n")
+        );
+        assert!(text
+            .contains("# TYPE daas_gateway_frames_total counter\ndaas_gateway_frames_total 3\n"));
+        assert!(text.contains("daas_gateway_tunnels_total 1\n"));
+        let names: Vec<_> = m.prometheus().iter().map(|r| r.0).collect();
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(names.len(), unique.len());
+    }
+}

@@ -34,6 +34,13 @@ impl MacAddr {
         Ok(MacAddr(octets))
     }
 
+    /// A locally administered unicast address from six (random) bytes:
+    /// what the appliance gives a new instance. Never fails.
+    pub fn local_from_bytes(mut octets: [u8; 6]) -> Self {
+        octets[0] = (octets[0] & 0xfc) | 0x02;
+        MacAddr(octets)
+    }
+
     pub fn octets(&self) -> [u8; 6] {
         self.0
     }
@@ -155,5 +162,10 @@ mod tests {
         assert!(m.is_local());
         assert!(!"00:16:3e:00:00:01".parse::<MacAddr>().unwrap().is_local());
         assert!("02:00:00:00:00:01".parse::<MacAddr>().unwrap().is_local());
+        for b in [[0xff; 6], [0; 6], [1, 2, 3, 4, 5, 6]] {
+            let m = MacAddr::local_from_bytes(b);
+            assert!(m.is_local());
+            assert_eq!(m.to_string().parse::<MacAddr>().unwrap(), m);
+        }
     }
 }

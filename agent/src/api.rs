@@ -79,7 +79,9 @@ pub fn store_error(e: &StoreError) -> ApiError {
             LeaseError::AddressInUse { .. } => ErrorCode::AddressInUse,
             LeaseError::MacInUse { .. } => ErrorCode::MacInUse,
             LeaseError::HostnameInUse { .. } => ErrorCode::HostnameInUse,
-            LeaseError::PoolExhausted { .. } => ErrorCode::PoolExhausted,
+            LeaseError::PoolExhausted { .. } | LeaseError::LimitReached { .. } => {
+                ErrorCode::PoolExhausted
+            }
             LeaseError::NotFound { .. } => ErrorCode::NotFound,
             LeaseError::Duplicate { .. } => ErrorCode::InvalidRequest,
             LeaseError::TooMany { .. } => ErrorCode::PayloadTooLarge,

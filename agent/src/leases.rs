@@ -29,6 +29,8 @@ pub enum LeaseError {
     Duplicate { what: &'static str, value: String },
     #[error("{count} leases, at most {max}")]
     TooMany { count: usize, max: usize },
+    #[error("the agent holds {max} leases, its most")]
+    LimitReached { max: usize },
 }
 
 /// What a converge changed.
@@ -128,10 +130,7 @@ impl LeaseTable {
             });
         }
         if self.by_mac.len() >= MAX_LEASES {
-            return Err(LeaseError::TooMany {
-                count: self.by_mac.len() + 1,
-                max: MAX_LEASES,
-            });
+            return Err(LeaseError::LimitReached { max: MAX_LEASES });
         }
         if let Some(mac) = self.by_name.get(&req.hostname) {
             return Err(LeaseError::HostnameInUse {

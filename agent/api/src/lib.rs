@@ -48,8 +48,9 @@ pub use token::{Fingerprint, FingerprintError, JoinToken, JoinTokenError};
 /// fields may be added without it (readers ignore unknown fields).
 pub const API_VERSION: u32 = 1;
 
-/// The largest request body either side accepts, in bytes.
-pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// The largest request or answer body either side accepts, in bytes
+/// (2 MiB: a heartbeat or converge with [`MAX_LEASES`] leases is about 1.2 MB).
+pub const MAX_BODY_BYTES: usize = 2 << 20;
 
 /// The most leases one agent holds (and one converge request carries).
 pub const MAX_LEASES: usize = 16_384;

@@ -191,7 +191,7 @@ async fn allocate_release_list_and_bad_input() {
             "text/plain",
             400,
         ),
-        (vec![b' '; 2 << 20], "application/json", 413),
+        (vec![b' '; 3 << 20], "application/json", 413),
     ] {
         let (st, v) = call_raw(s, Method::POST, "/v1/leases", body, ctype).await;
         assert_eq!(st.as_u16(), status, "{v}");

@@ -461,7 +461,11 @@ mod tests {
         });
         let args = HashMap::from([("hostname".to_owned(), "h".to_owned())]);
         let params = DisplayParams {
+            width: 1024,
+            height: 768,
+            dpi: 96,
             timezone: Some("Europe/Berlin".into()),
+            image: vec!["image/png".into(), "image/jpeg".into()],
             ..DisplayParams::default()
         };
         let request = Request {

@@ -55,7 +55,7 @@ pub use daas_guacamole::Status;
 pub use error::TunnelError;
 pub use guacd::{guacd_tls_config, ProtocolVersion};
 pub use metrics::Metrics;
-pub use params::{DisplayParams, FromQuery};
+pub use params::{DisplayParams, FromQuery, DEFAULT_DISPLAY};
 pub use tunnel::{run_tunnel, TunnelEnd};
 
 /// The subprotocol a Guacamole WebSocket tunnel speaks; the web layer echoes

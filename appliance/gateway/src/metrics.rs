@@ -2,6 +2,9 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use daas_vnc_engine::EngineStats;
 
 /// The gateway's counters, shared by all tunnels (one `Arc<Metrics>` per
 /// appliance). Tunnels add to them once per WebSocket message, not per
@@ -34,6 +37,20 @@ pub struct Metrics {
     pub sync_round_trip_micros: AtomicU64,
     /// Internal pings answered by the tunnel.
     pub pings_answered: AtomicU64,
+    /// The built-in engine: time composing and encoding frames, in µs.
+    pub engine_encode_micros: AtomicU64,
+    /// The built-in engine: PNG images sent.
+    pub engine_png_images: AtomicU64,
+    /// The built-in engine: JPEG images sent.
+    pub engine_jpeg_images: AtomicU64,
+    /// The built-in engine: `copy` instructions sent.
+    pub engine_copies: AtomicU64,
+    /// The built-in engine: solid fills sent.
+    pub engine_fills: AtomicU64,
+    /// The built-in engine: bytes received from VNC servers.
+    pub engine_server_bytes: AtomicU64,
+    /// The built-in engine: framebuffer updates received from VNC servers.
+    pub engine_server_updates: AtomicU64,
 }
 
 impl Metrics {
@@ -112,6 +129,41 @@ impl Metrics {
                 "Internal pings the tunnel answered.",
                 get(&self.pings_answered),
             ),
+            (
+                "daas_gateway_engine_encode_microseconds_total",
+                "Built-in VNC engine: time composing and encoding frames, in microseconds.",
+                get(&self.engine_encode_micros),
+            ),
+            (
+                "daas_gateway_engine_png_images_total",
+                "Built-in VNC engine: PNG images sent.",
+                get(&self.engine_png_images),
+            ),
+            (
+                "daas_gateway_engine_jpeg_images_total",
+                "Built-in VNC engine: JPEG images sent.",
+                get(&self.engine_jpeg_images),
+            ),
+            (
+                "daas_gateway_engine_copies_total",
+                "Built-in VNC engine: copy instructions sent (CopyRect, scrolling).",
+                get(&self.engine_copies),
+            ),
+            (
+                "daas_gateway_engine_fills_total",
+                "Built-in VNC engine: solid fills sent.",
+                get(&self.engine_fills),
+            ),
+            (
+                "daas_gateway_engine_server_bytes_total",
+                "Built-in VNC engine: bytes received from VNC servers.",
+                get(&self.engine_server_bytes),
+            ),
+            (
+                "daas_gateway_engine_server_updates_total",
+                "Built-in VNC engine: framebuffer updates received from VNC servers.",
+                get(&self.engine_server_updates),
+            ),
         ]
     }
 
@@ -137,6 +189,51 @@ impl Metrics {
         if n != 0 {
             counter.fetch_add(n, Relaxed);
         }
+    }
+}
+
+/// Carries one engine session's counters into the gateway's totals: each
+/// [`EngineTap::publish`] adds what changed since the last one.
+pub(crate) struct EngineTap {
+    stats: Arc<EngineStats>,
+    seen: [u64; 9],
+    last_rtt: u64,
+}
+
+impl EngineTap {
+    pub(crate) fn new(stats: Arc<EngineStats>) -> Self {
+        EngineTap {
+            stats,
+            seen: [0; 9],
+            last_rtt: 0,
+        }
+    }
+
+    pub(crate) fn publish(&mut self, m: &Metrics) {
+        let s = &*self.stats;
+        let pairs: [(&AtomicU64, &AtomicU64); 9] = [
+            (&s.frames, &m.frames),
+            (&s.server_updates, &m.engine_server_updates),
+            (&s.instructions_out, &m.instructions_to_client),
+            (&s.encode_micros, &m.engine_encode_micros),
+            (&s.png_count, &m.engine_png_images),
+            (&s.jpeg_count, &m.engine_jpeg_images),
+            (&s.copy_count, &m.engine_copies),
+            (&s.fill_count, &m.engine_fills),
+            (&s.bytes_in, &m.engine_server_bytes),
+        ];
+        for (i, (from, to)) in pairs.into_iter().enumerate() {
+            let now = from.load(Relaxed);
+            Metrics::add(to, now.saturating_sub(self.seen[i]));
+            self.seen[i] = now;
+        }
+        // A new acknowledged frame shows as a changed round trip time.
+        let rtt = s.last_rtt_micros.load(Relaxed);
+        if rtt != 0 && rtt != self.last_rtt {
+            Metrics::add(&m.sync_round_trips, 1);
+            Metrics::add(&m.sync_round_trip_micros, rtt);
+        }
+        self.last_rtt = rtt;
     }
 }
 

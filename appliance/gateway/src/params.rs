@@ -2,40 +2,13 @@
 
 use crate::TunnelError;
 
-/// The display the browser asks for: all the browser supplies. Where to
-/// connect and with which secrets comes from the connect ticket instead.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DisplayParams {
-    /// Width in pixels, 1..=8192.
-    pub width: u32,
-    /// Height in pixels, 1..=8192.
-    pub height: u32,
-    /// Resolution in DPI, 1..=1000.
-    pub dpi: u32,
-    /// The browser's IANA time zone, such as `Europe/Berlin`.
-    pub timezone: Option<String>,
-    /// Image mimetypes the browser decodes.
-    pub image: Vec<String>,
-    /// Audio mimetypes the browser plays.
-    pub audio: Vec<String>,
-    /// Video mimetypes the browser plays.
-    pub video: Vec<String>,
-}
+/// The display the browser asks for: all the browser supplies (where to
+/// connect and with which secrets comes from the connect ticket instead).
+/// The built-in engine's own type, so the tunnel hands it over unchanged.
+pub use daas_vnc_engine::DisplayParams;
 
-impl Default for DisplayParams {
-    /// 1024×768 at 96 DPI, no time zone, PNG and JPEG.
-    fn default() -> Self {
-        DisplayParams {
-            width: 1024,
-            height: 768,
-            dpi: 96,
-            timezone: None,
-            image: vec!["image/png".to_owned(), "image/jpeg".to_owned()],
-            audio: Vec::new(),
-            video: Vec::new(),
-        }
-    }
-}
+/// The size and resolution when the browser gives none: 1024×768 at 96 DPI.
+pub const DEFAULT_DISPLAY: (u32, u32, u32) = (1024, 768, 96);
 
 /// The most characters of a time zone name (the longest IANA name has 32).
 pub(crate) const MAX_TIMEZONE_CHARS: usize = 64;
@@ -55,9 +28,10 @@ pub trait FromQuery: Sized {
     /// Reads `GUAC_WIDTH`, `GUAC_HEIGHT`, `GUAC_DPI`, `GUAC_TIMEZONE` and the
     /// repeated `GUAC_AUDIO`, `GUAC_VIDEO`, `GUAC_IMAGE` from percent-decoded
     /// query pairs, as guacamole-common-js's `Guacamole.Client.connect` sends
-    /// them. Other names (the ticket) are ignored. Missing values take the
-    /// defaults (1024×768 at 96 DPI); out of bounds, malformed or repeated
-    /// single values are [`TunnelError::InvalidParameter`].
+    /// them. Other names (the ticket) are ignored. A missing size or DPI is
+    /// [`DEFAULT_DISPLAY`], missing mimetypes an empty list; out of bounds,
+    /// malformed or repeated single values are
+    /// [`TunnelError::InvalidParameter`].
     fn from_query(query: &[(String, String)]) -> Result<Self, TunnelError>;
 }
 

@@ -54,7 +54,7 @@ const IDLE_READ: usize = 2048;
 const BURST_READ: usize = 64 * 1024;
 /// Ping answers waiting while the WebSocket is busy; more are dropped (the
 /// browser pings twice a second and needs only some answers).
-const PONG_QUEUE: usize = 8;
+pub(crate) const PONG_QUEUE: usize = 8;
 /// Above this capacity the browser-side decoder is replaced after a message,
 /// so that one large message does not pin its buffer for the tunnel's life.
 const KEEP_DECODER_BYTES: usize = 4096;
@@ -232,7 +232,7 @@ impl<K: Sink<WsMessage> + Unpin> ToBrowser<'_, K> {
     }
 
     /// Sends the batch as one message, if it holds anything.
-    async fn flush(&mut self, batch: &mut Batch) -> Result<(), TunnelError> {
+    pub(crate) async fn flush(&mut self, batch: &mut Batch) -> Result<(), TunnelError> {
         if batch.text.is_empty() {
             return Ok(());
         }
@@ -246,14 +246,14 @@ impl<K: Sink<WsMessage> + Unpin> ToBrowser<'_, K> {
 
 /// Whole instructions waiting to go to the browser in one message.
 #[derive(Default)]
-struct Batch {
-    text: String,
+pub(crate) struct Batch {
+    pub(crate) text: String,
     instructions: u64,
     frames: u64,
 }
 
 impl Batch {
-    fn push(&mut self, instruction: &str) {
+    pub(crate) fn push(&mut self, instruction: &str) {
         self.text.push_str(instruction);
     }
 }
@@ -262,7 +262,7 @@ impl Batch {
 /// timed until the browser acknowledges it (guacamole-common-js answers each
 /// rendered frame's `sync` with the same timestamp).
 #[derive(Default)]
-struct RoundTrip {
+pub(crate) struct RoundTrip {
     pending: AtomicBool,
     sent: Mutex<Option<(u64, Instant)>>,
 }
@@ -306,7 +306,7 @@ impl RoundTrip {
 
 /// What one browser message asks for, once checked whole.
 #[derive(Default)]
-struct Inbound {
+pub(crate) struct Inbound {
     decoder: Decoder,
     max_message: usize,
     /// Drop `size` (guacd's VNC cannot resize).
@@ -316,9 +316,9 @@ struct Inbound {
     /// Raw bytes of the instructions to forward (guacd).
     raw: Vec<u8>,
     /// The instructions to forward (built-in engine).
-    instructions: Vec<Instruction>,
+    pub(crate) instructions: Vec<Instruction>,
     /// Answers to internal pings.
-    pongs: String,
+    pub(crate) pongs: String,
 }
 
 impl Inbound {
@@ -331,7 +331,7 @@ impl Inbound {
 
     /// Checks one browser message and collects what it asks for. On error,
     /// nothing of this message is kept: a bad message injects nothing.
-    fn message(
+    pub(crate) fn message(
         &mut self,
         bytes: &[u8],
         rtt: &RoundTrip,
@@ -411,7 +411,7 @@ impl WriteToString for Instruction {
 }
 
 /// The next browser message's bytes: `None` when the browser closed.
-async fn next_message<St, E>(
+pub(crate) async fn next_message<St, E>(
     stream: &mut St,
     idle: Duration,
 ) -> Result<Option<Vec<u8>>, TunnelError>
@@ -443,6 +443,14 @@ pub(crate) struct Tunnel<'a> {
 }
 
 impl Tunnel<'_> {
+    pub(crate) fn inbound_mut(&mut self) -> &mut Inbound {
+        &mut self.inbound
+    }
+
+    pub(crate) fn inbound_and_rtt(&mut self) -> (&mut Inbound, &RoundTrip) {
+        (&mut self.inbound, &self.rtt)
+    }
+
     async fn run<K, St, E>(
         &mut self,
         out: &mut ToBrowser<'_, K>,
@@ -487,14 +495,15 @@ impl Tunnel<'_> {
             }
             Upstream::Builtin { target, password } => {
                 self.inbound.owned = true;
-                crate::builtin::run(self, target, password, params, out, stream, shutdown).await
+                crate::builtin::run(self, target, password, params, out, stream, batch, shutdown)
+                    .await
             }
         }
     }
 
     /// Runs `connect` while answering the browser's pings and keeping what
     /// else it sends (at most one message's worth) for when it is done.
-    async fn connecting<T, K, St, E>(
+    pub(crate) async fn connecting<T, K, St, E>(
         &mut self,
         connect: impl std::future::Future<Output = Result<T, TunnelError>>,
         out: &mut ToBrowser<'_, K>,

@@ -7,7 +7,10 @@
 mod guacd;
 #[path = "../support/ws.rs"]
 mod ws;
+#[path = "../support/xvnc.rs"]
+mod xvnc;
 
+mod builtin;
 mod common;
 mod contract;
 mod js;

@@ -610,6 +610,20 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid_and_shows_the_defaults() {
+        let text = include_str!("../../configs/appliance.toml");
+        let c = parse(text).unwrap();
+        let d = Config::default();
+        assert_eq!(c.server.listen, d.server.listen);
+        assert_eq!(
+            c.limits.environments_per_user,
+            d.limits.environments_per_user
+        );
+        assert_eq!(c.backends.local.geometry, d.backends.local.geometry);
+        assert_eq!(c.jobs.workers, d.jobs.workers);
+    }
+
+    #[test]
     fn plain_http_on_non_loopback_needs_opt_in() {
         parse("[server]\nlisten = \"0.0.0.0:80\"\ntls = \"off\"\ninsecure_http = true\n").unwrap();
         parse("[server]\nlisten = \"127.0.0.1:80\"\ntls = \"off\"\n").unwrap();

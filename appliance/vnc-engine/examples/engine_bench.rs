@@ -88,6 +88,8 @@ fn x_run(display: u16, program: &str, args: &[&str]) -> Result<String> {
 
 /// A deterministic photo-like 1920×1080 image: sky, sun, two mountain
 /// ridges, a textured meadow, and sensor noise.
+// Float to integer casts of clamped colour values and grid coordinates.
+#[allow(clippy::cast_possible_truncation)]
 fn photo(seed: u32) -> Vec<u32> {
     fn hash(mut x: u32) -> u32 {
         x ^= x >> 16;

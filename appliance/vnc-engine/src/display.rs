@@ -205,13 +205,15 @@ impl Display {
         self.updates
     }
 
-    /// Writes everything pending (not the `sync`) and clears it.
+    /// Writes everything pending but the images (not the `sync`) and
+    /// clears it; returns the images to encode, with their pixels copied
+    /// out, so that encoding can run elsewhere ([`encode_jobs`]).
     pub(crate) fn compose(
         &mut self,
         px: Pixels<'_>,
         out: &mut Out,
         now: Instant,
-    ) -> Result<(), encode::EncodeError> {
+    ) -> Result<Vec<Job>, encode::EncodeError> {
         self.updates = 0;
         if self.size_pending {
             out.size(LAYER_DEFAULT, self.width, self.height);
@@ -232,16 +234,16 @@ impl Display {
         let rects = self.damage.rects().to_vec();
         self.damage.clear();
         self.heat.record(&rects, now);
-        let mut buf = Vec::new();
+        let mut jobs = Vec::new();
         for a in &rects {
-            self.draw_area(px, a, out, &mut buf)?;
+            self.draw_area(px, a, out, &mut jobs);
         }
         if let Some(c) = self.cursor.take() {
             let (w, h) = (u32::from(c.width), u32::from(c.height));
             if w == 0 || h == 0 {
                 out.cursor(u32::from(c.hotspot_x), u32::from(c.hotspot_y), 0, 0, None);
             } else {
-                buf.clear();
+                let mut buf = Vec::new();
                 encode::png_rgba(&c.rgba, w, h, &mut buf)?;
                 out.cursor(
                     u32::from(c.hotspot_x),
@@ -252,25 +254,19 @@ impl Display {
                 );
             }
         }
-        Ok(())
+        Ok(jobs)
     }
 
-    fn draw_area(
-        &self,
-        px: Pixels<'_>,
-        a: &Area,
-        out: &mut Out,
-        buf: &mut Vec<u8>,
-    ) -> Result<(), encode::EncodeError> {
+    fn draw_area(&self, px: Pixels<'_>, a: &Area, out: &mut Out, jobs: &mut Vec<Job>) {
         if a.area() <= SMALL_AREA {
             let stats = encode::analyse(px, a, 1);
             let kind = encode::classify(&stats, a.area(), self.heat.max_in(a), self.enc.jpeg);
-            return self.emit(px, a, kind, out, buf);
+            self.emit(px, a, kind, out, jobs);
+            return;
         }
         for (region, kind) in self.regions(px, a) {
-            self.emit(px, &region, kind, out, buf)?;
+            self.emit(px, &region, kind, out, jobs);
         }
-        Ok(())
     }
 
     /// Splits a large area into regions of one kind: tiles are classified,
@@ -330,31 +326,93 @@ impl Display {
         done
     }
 
-    fn emit(
-        &self,
-        px: Pixels<'_>,
-        a: &Area,
-        kind: Kind,
-        out: &mut Out,
-        buf: &mut Vec<u8>,
-    ) -> Result<(), encode::EncodeError> {
+    fn emit(&self, px: Pixels<'_>, a: &Area, kind: Kind, out: &mut Out, jobs: &mut Vec<Job>) {
         let a = px.clip(a);
         if a.is_empty() {
-            return Ok(());
+            return;
         }
-        buf.clear();
-        match kind {
-            Kind::Solid(color) => out.fill(a.x0, a.y0, a.width(), a.height(), color),
-            Kind::Lossy if self.enc.jpeg => {
-                encode::jpeg(px, &a, self.enc.quality, buf)?;
-                out.image(LAYER_DEFAULT, "image/jpeg", a.x0, a.y0, buf);
-            }
-            Kind::Lossy | Kind::Lossless => {
-                encode::png(px, &a, buf)?;
-                out.image(LAYER_DEFAULT, "image/png", a.x0, a.y0, buf);
-            }
+        if let Kind::Solid(color) = kind {
+            out.fill(a.x0, a.y0, a.width(), a.height(), color);
+            return;
         }
-        Ok(())
+        let mut pixels = Vec::with_capacity(usize::try_from(a.area()).unwrap_or(0));
+        for row in px.rows(&a) {
+            pixels.extend_from_slice(row);
+        }
+        jobs.push(Job {
+            x: a.x0,
+            y: a.y0,
+            width: a.width(),
+            height: a.height(),
+            pixels,
+            jpeg: kind == Kind::Lossy && self.enc.jpeg,
+        });
+    }
+
+    /// JPEG quality for [`encode_jobs`].
+    pub(crate) fn quality(&self) -> u8 {
+        self.enc.quality
+    }
+}
+
+/// An image to encode: its place and its pixels.
+#[derive(Debug)]
+pub(crate) struct Job {
+    x: u32,
+    y: u32,
+    width: u32,
+    height: u32,
+    pixels: Vec<u32>,
+    jpeg: bool,
+}
+
+impl Job {
+    /// Pixels covered.
+    pub(crate) fn area(&self) -> u64 {
+        u64::from(self.width) * u64::from(self.height)
+    }
+}
+
+/// An encoded image, ready for `img`.
+#[derive(Debug)]
+pub(crate) struct Encoded {
+    mimetype: &'static str,
+    x: u32,
+    y: u32,
+    data: Vec<u8>,
+}
+
+/// Encodes images (pure CPU work: may run on a blocking thread).
+pub(crate) fn encode_jobs(
+    jobs: Vec<Job>,
+    quality: u8,
+) -> Result<Vec<Encoded>, encode::EncodeError> {
+    jobs.into_iter()
+        .map(|j| {
+            let px = Pixels::new(&j.pixels, j.width, j.height);
+            let all = Area::screen(j.width, j.height);
+            let mut data = Vec::new();
+            let mimetype = if j.jpeg {
+                encode::jpeg(px, &all, quality, &mut data)?;
+                "image/jpeg"
+            } else {
+                encode::png(px, &all, &mut data)?;
+                "image/png"
+            };
+            Ok(Encoded {
+                mimetype,
+                x: j.x,
+                y: j.y,
+                data,
+            })
+        })
+        .collect()
+}
+
+/// Writes encoded images as `img` + `blob`s + `end`.
+pub(crate) fn write_images(out: &mut Out, images: &[Encoded]) {
+    for i in images {
+        out.image(LAYER_DEFAULT, i.mimetype, i.x, i.y, &i.data);
     }
 }
 
@@ -407,7 +465,8 @@ mod tests {
 
     fn frame(d: &mut Display, px: Pixels<'_>) -> Vec<Instruction> {
         let mut out = Out::default();
-        d.compose(px, &mut out, Instant::now()).unwrap();
+        let jobs = d.compose(px, &mut out, Instant::now()).unwrap();
+        write_images(&mut out, &encode_jobs(jobs, d.quality()).unwrap());
         let (chunks, _) = out.take();
         let mut dec = Decoder::new();
         let mut v = Vec::new();

@@ -154,6 +154,9 @@ pub enum EncodeError {
     /// The JPEG encoder refused the image.
     #[error("JPEG encoding failed")]
     Jpeg(#[source] jpeg_encoder::EncodingError),
+    /// The thread encoding the images failed.
+    #[error("the image encoding thread failed")]
+    Worker,
     /// The area is too large for the format.
     #[error("image of {0}x{1} is too large to encode")]
     TooLarge(u32, u32),

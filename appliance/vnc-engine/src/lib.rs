@@ -243,5 +243,8 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     from_client: tokio::sync::mpsc::Receiver<Instruction>,
     stats: Arc<EngineStats>,
 ) -> Result<(), EngineError> {
-    session::run(server, params, cfg, to_client, from_client, stats).await
+    use tracing::Instrument as _;
+    session::run(server, params, cfg, to_client, from_client, stats)
+        .instrument(tracing::debug_span!("vnc_engine"))
+        .await
 }

@@ -14,8 +14,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::display::{Cursor, Display, Encoding};
-use crate::encode::Pixels;
+use crate::display::{encode_jobs, write_images, Cursor, Display, Encoding, Job};
+use crate::encode::{EncodeError, Pixels};
 use crate::guac::{Counts, Out};
 use crate::{DisplayParams, EngineConfig, EngineError, EngineStats};
 
@@ -23,6 +23,11 @@ use crate::{DisplayParams, EngineConfig, EngineError, EngineStats};
 const READ_BUF: usize = 256 * 1024;
 /// While this much input waits for the server, the client is not read.
 const MAX_SERVER_BACKLOG: usize = 1024 * 1024;
+/// Frames with more image pixels than this are encoded on a blocking
+/// thread.
+const OFFLOAD_PIXELS: u64 = 256 * 256;
+/// While this many chunks wait for the tunnel, the client is not read.
+const MAX_OUTBOX_CHUNKS: usize = 1024;
 /// After a failed write, how long the read side may take to report how
 /// the server ended before the write error is reported instead.
 const WRITE_ERROR_GRACE: Duration = Duration::from_secs(2);
@@ -78,11 +83,12 @@ pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let mut rbuf = vec![0u8; READ_BUF];
     let mut write_error: Option<std::io::Error> = None;
     let mut write_error_at: Option<Instant> = None;
-    let span = tracing::debug_span!("vnc_engine");
-    let _enter = span.enter();
     loop {
         let deadline = s.next_deadline();
-        let accept_input = s.server_out.len() < MAX_SERVER_BACKLOG;
+        // Input waits while the server or the tunnel is far behind (acks
+        // and clipboard answers would otherwise pile up).
+        let accept_input =
+            s.server_out.len() < MAX_SERVER_BACKLOG && s.outbox.len() < MAX_OUTBOX_CHUNKS;
         tokio::select! {
             biased;
             permit = to_client.reserve(), if !s.outbox.is_empty() => {
@@ -132,7 +138,7 @@ pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 }
             }
         }
-        s.after_step()?;
+        s.after_step().await?;
     }
 }
 
@@ -538,7 +544,7 @@ impl Session {
 
     /// After every step: send what the RFB client wrote, and a frame when
     /// one is due and the browser keeps up.
-    fn after_step(&mut self) -> Result<(), EngineError> {
+    async fn after_step(&mut self) -> Result<(), EngineError> {
         if self.rfb.has_output() {
             let out = self.rfb.take_output();
             self.server_out.extend_from_slice(&out);
@@ -549,12 +555,12 @@ impl Session {
             .as_ref()
             .is_some_and(|d| d.updates() > 0 && d.has_pending());
         if due && self.in_flight.len() < max {
-            self.send_frame()?;
+            self.send_frame().await?;
         }
         Ok(())
     }
 
-    fn send_frame(&mut self) -> Result<(), EngineError> {
+    async fn send_frame(&mut self) -> Result<(), EngineError> {
         let Some(display) = self.display.as_mut() else {
             return Ok(());
         };
@@ -562,10 +568,23 @@ impl Session {
         let fb = self.rfb.framebuffer();
         let px = Pixels::new(fb.pixels(), u32::from(fb.width()), u32::from(fb.height()));
         let updates = display.updates();
+        let quality = display.quality();
         let mut out = Out::default();
-        display
+        let jobs = display
             .compose(px, &mut out, started)
             .map_err(EngineError::Encode)?;
+        // Large images are encoded on a blocking thread, not on the
+        // runtime's; this session waits meanwhile (its frame is due).
+        let pixels: u64 = jobs.iter().map(Job::area).sum();
+        let images = if pixels > OFFLOAD_PIXELS {
+            tokio::task::spawn_blocking(move || encode_jobs(jobs, quality))
+                .await
+                .map_err(|_| EngineError::Encode(EncodeError::Worker))?
+        } else {
+            encode_jobs(jobs, quality)
+        }
+        .map_err(EngineError::Encode)?;
+        write_images(&mut out, &images);
         let ts = now_ms().max(self.last_ts + 1);
         self.last_ts = ts;
         out.sync(ts, updates);

@@ -347,3 +347,51 @@ async fn vnc_auth() -> Result<()> {
     }
     Ok(())
 }
+
+/// x11vnc (libvncserver) in front of an Xvnc display: another server
+/// implementation, without client-initiated resizing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x11vnc_shows_the_desktop() -> Result<()> {
+    if skip() || !have("x11vnc") {
+        return Ok(());
+    }
+    let mut x = Xvnc::start("800x600", &["-SecurityTypes", "None"])?;
+    x.x("xsetroot", &["-solid", "#ff0000"]).await?;
+    let dir = tempfile::tempdir()?;
+    let sock = dir.path().join("x11vnc.sock");
+    let display = format!(":{}", x.display);
+    let sock_arg = sock.to_str().context("path")?.to_owned();
+    x.x_spawn(
+        "x11vnc",
+        &[
+            "-display",
+            &display,
+            "-unixsock",
+            &sock_arg,
+            "-rfbport",
+            "0",
+            "-nopw",
+            "-forever",
+            "-shared",
+            "-quiet",
+        ],
+    )?;
+    let deadline = std::time::Instant::now() + T;
+    while !sock.exists() {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "x11vnc did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let server = tokio::net::UnixStream::connect(&sock).await?;
+    let mut b = Browser::start(server, params(1024, 768), EngineConfig::default());
+    b.until(T, "a red screen", |b| {
+        (b.width, b.height) == (800, 600) && b.count(RED) == 800 * 600
+    })
+    .await?;
+    // No resizing here: the request is dropped and the session goes on.
+    b.send("size", &["1000", "700"]).await?;
+    x.x("xsetroot", &["-solid", "#0000ff"]).await?;
+    b.until(T, "a blue screen", |b| b.count(0x0000_00ff) == 800 * 600)
+        .await?;
+    assert_eq!((b.width, b.height), (800, 600));
+    Ok(())
+}

@@ -34,6 +34,24 @@ const TILE: u32 = 64;
 /// More regions than this after tiling: send the area as one image.
 const MAX_REGIONS: usize = 48;
 
+/// Scroll detection looks at damaged areas at least this wide…
+const SCROLL_MIN_WIDTH: u32 = 64;
+/// …and copies bands of at least this many rows.
+const SCROLL_MIN_ROWS: u32 = 32;
+
+/// A row's hash, and whether all its pixels are equal (such rows match
+/// anywhere and do not vote for a shift).
+fn row_hash(row: &[u32]) -> (u64, bool) {
+    let first = row.first().copied().unwrap_or(0);
+    let mut uniform = true;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &p in row {
+        uniform &= p == first;
+        h = (h.rotate_left(5) ^ u64::from(p)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (h, uniform)
+}
+
 /// A solid run shorter than this many tiles joins its neighbour's image.
 const MIN_SOLID_RUN: u32 = 3;
 
@@ -75,6 +93,9 @@ pub(crate) struct Display {
     /// Server updates completed since the last frame.
     updates: u32,
     enc: Encoding,
+    /// What the browser shows (exact values where it got JPEG), row by
+    /// row: the source for scroll detection.
+    shadow: Vec<u32>,
 }
 
 impl Display {
@@ -90,6 +111,7 @@ impl Display {
             cursor: None,
             updates: 0,
             enc,
+            shadow: vec![0; (w * h) as usize],
         }
     }
 
@@ -104,6 +126,7 @@ impl Display {
         self.damage.add(Area::screen(w, h));
         self.heat = Heat::new(w, h, now);
         self.size_pending = true;
+        self.shadow = vec![0; (w * h) as usize];
     }
 
     /// The caller sent the initial `size` itself.
@@ -222,21 +245,44 @@ impl Display {
         for op in std::mem::take(&mut self.ops) {
             match op {
                 Op::Fill { area, color } => {
-                    out.fill(area.x0, area.y0, area.width(), area.height(), color)
+                    out.fill(area.x0, area.y0, area.width(), area.height(), color);
+                    self.shadow_fill(&area, color);
                 }
                 Op::Copy { sx, sy, dst } => {
-                    out.copy(sx, sy, dst.width(), dst.height(), dst.x0, dst.y0)
+                    out.copy(sx, sy, dst.width(), dst.height(), dst.x0, dst.y0);
+                    self.shadow_copy(sx, sy, &dst);
                 }
             }
         }
         self.damage
             .clip(px.width().min(self.width), px.height().min(self.height));
-        let rects = self.damage.rects().to_vec();
+        let damaged = self.damage.rects().to_vec();
         self.damage.clear();
+        // Content that moved up or down within a damaged area (scrolling
+        // the server did not send as CopyRect) becomes a copy.
+        let mut rects = Vec::with_capacity(damaged.len());
+        for r in damaged {
+            match self.detect_scroll(px, &r) {
+                Some((band, dy)) => {
+                    let sy = i64::from(band.y0) - dy;
+                    let sy = u32::try_from(sy).unwrap_or(0);
+                    out.copy(band.x0, sy, band.width(), band.height(), band.x0, band.y0);
+                    self.shadow_copy(band.x0, sy, &band);
+                    if band.y0 > r.y0 {
+                        rects.push(Area::new(r.x0, r.y0, r.x1, band.y0));
+                    }
+                    if band.y1 < r.y1 {
+                        rects.push(Area::new(r.x0, band.y1, r.x1, r.y1));
+                    }
+                }
+                None => rects.push(r),
+            }
+        }
         self.heat.record(&rects, now);
         let mut jobs = Vec::new();
         for a in &rects {
             self.draw_area(px, a, out, &mut jobs);
+            self.shadow_update(px, a);
         }
         if let Some(c) = self.cursor.take() {
             let (w, h) = (u32::from(c.width), u32::from(c.height));
@@ -255,6 +301,132 @@ impl Display {
             }
         }
         Ok(jobs)
+    }
+
+    fn shadow_row(&self, y: u32, x0: u32, x1: u32) -> Option<&[u32]> {
+        let start = y as usize * self.width as usize + x0 as usize;
+        self.shadow.get(start..start + (x1 - x0) as usize)
+    }
+
+    fn shadow_fill(&mut self, a: &Area, color: u32) {
+        let a = a.intersect(&self.screen());
+        let w = self.width as usize;
+        for y in a.y0..a.y1 {
+            let start = y as usize * w + a.x0 as usize;
+            if let Some(row) = self.shadow.get_mut(start..start + a.width() as usize) {
+                row.fill(color);
+            }
+        }
+    }
+
+    /// Replays a copy on the shadow (source and destination may overlap).
+    fn shadow_copy(&mut self, sx: u32, sy: u32, dst: &Area) {
+        let w = self.width as usize;
+        let len = dst.width() as usize;
+        let rows: Vec<u32> = if sy < dst.y0 {
+            (0..dst.height()).rev().collect()
+        } else {
+            (0..dst.height()).collect()
+        };
+        for dy in rows {
+            let from = (sy + dy) as usize * w + sx as usize;
+            let to = (dst.y0 + dy) as usize * w + dst.x0 as usize;
+            if from + len <= self.shadow.len() && to + len <= self.shadow.len() {
+                self.shadow.copy_within(from..from + len, to);
+            }
+        }
+    }
+
+    /// The browser now shows the framebuffer's pixels in `a`.
+    fn shadow_update(&mut self, px: Pixels<'_>, a: &Area) {
+        let a = px.clip(&a.intersect(&self.screen()));
+        let w = self.width as usize;
+        for (i, row) in px.rows(&a).enumerate() {
+            let start = (a.y0 as usize + i) * w + a.x0 as usize;
+            if let Some(dst) = self.shadow.get_mut(start..start + row.len()) {
+                dst.copy_from_slice(row);
+            }
+        }
+    }
+
+    /// Looks for content of the browser's picture (the shadow) that moved
+    /// vertically within `r` in the framebuffer. Returns the band of rows
+    /// (the copy's destination) and the shift (`dy`: destination row minus
+    /// source row), when the band is worth a copy.
+    fn detect_scroll(&self, px: Pixels<'_>, r: &Area) -> Option<(Area, i64)> {
+        if r.width() < SCROLL_MIN_WIDTH || r.height() < SCROLL_MIN_ROWS * 2 {
+            return None;
+        }
+        let fb: Vec<&[u32]> = px.rows(r).collect();
+        if fb.len() != r.height() as usize {
+            return None;
+        }
+        let mut old = Vec::with_capacity(fb.len());
+        for y in r.y0..r.y1 {
+            old.push(row_hash(self.shadow_row(y, r.x0, r.x1)?));
+        }
+        let new: Vec<(u64, bool)> = fb.iter().map(|row| row_hash(row)).collect();
+        // Where each distinctive old row was (ambiguous ones dropped).
+        let mut at: std::collections::HashMap<u64, Option<usize>> =
+            std::collections::HashMap::with_capacity(old.len());
+        for (i, &(h, uniform)) in old.iter().enumerate() {
+            if !uniform {
+                at.entry(h).and_modify(|e| *e = None).or_insert(Some(i));
+            }
+        }
+        let mut votes: std::collections::HashMap<i64, u32> = std::collections::HashMap::new();
+        let mut changed = 0u32;
+        for (i, &(h, uniform)) in new.iter().enumerate() {
+            if uniform || h == old[i].0 {
+                continue;
+            }
+            changed += 1;
+            if let Some(Some(j)) = at.get(&h) {
+                *votes.entry(i as i64 - *j as i64).or_default() += 1;
+            }
+        }
+        let (dy, count) = votes.into_iter().max_by_key(|&(dy, n)| (n, -dy.abs()))?;
+        if dy == 0 || count < 8 || count * 4 < changed {
+            return None;
+        }
+        // The longest run of rows that the shift reproduces exactly.
+        let n = fb.len();
+        let shift = usize::try_from(dy.unsigned_abs()).ok()?;
+        let source = |i: usize| -> Option<usize> {
+            if dy > 0 {
+                i.checked_sub(shift)
+            } else {
+                i.checked_add(shift).filter(|&j| j < n)
+            }
+        };
+        let (mut best, mut run_start) = ((0usize, 0usize), None);
+        for i in 0..=n {
+            let ok = i < n
+                && source(i).is_some_and(|j| {
+                    new[i].0 == old[j].0
+                        && u32::try_from(j)
+                            .ok()
+                            .and_then(|j| self.shadow_row(r.y0 + j, r.x0, r.x1))
+                            .is_some_and(|row| row == fb[i])
+                });
+            match (ok, run_start) {
+                (true, None) => run_start = Some(i),
+                (false, Some(s0)) => {
+                    if i - s0 > best.1 - best.0 {
+                        best = (s0, i);
+                    }
+                    run_start = None;
+                }
+                _ => {}
+            }
+        }
+        let (b0, b1) = best;
+        if b1 - b0 < SCROLL_MIN_ROWS as usize {
+            return None;
+        }
+        let (b0, b1) = (u32::try_from(b0).ok()?, u32::try_from(b1).ok()?);
+        let band = Area::new(r.x0, r.y0 + b0, r.x1, r.y0 + b1);
+        Some((band, dy))
     }
 
     fn draw_area(&self, px: Pixels<'_>, a: &Area, out: &mut Out, jobs: &mut Vec<Job>) {
@@ -628,6 +800,57 @@ mod tests {
         // Pixels beyond a too-short framebuffer are clipped, not read.
         d.pixels(Rect::new(0, 0, 50, 40));
         let _ = frame(&mut d, Pixels::new(&fb[..50 * 10], 50, 40));
+    }
+
+    /// Text-like rows: every row distinct, few colours.
+    fn text_rows(w: u32, h: u32, first_line: u32) -> Vec<u32> {
+        (0..w * h)
+            .map(|i| {
+                let (x, y) = (i % w, i / w + first_line);
+                let mut v = x.wrapping_mul(0x9E37_79B1) ^ y.wrapping_mul(0x85EB_CA6B);
+                v ^= v >> 15;
+                v = v.wrapping_mul(0x2C1B_3C6D);
+                v ^= v >> 12;
+                if v % 5 == 0 {
+                    0
+                } else {
+                    0x00ff_ffff
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn scrolling_without_copyrect_becomes_a_copy() {
+        let (w, h) = (320u32, 240u32);
+        let before = text_rows(w, h, 0);
+        let mut d = Display::new(320, 240, ENC, Instant::now());
+        d.pixels(Rect::new(0, 0, 320, 240));
+        let _ = frame(&mut d, Pixels::new(&before, w, h));
+        // The server scrolled up by 13 rows and sent it all as pixels.
+        let after = text_rows(w, h, 13);
+        d.pixels(Rect::new(0, 0, 320, 240));
+        let v = frame(&mut d, Pixels::new(&after, w, h));
+        let o = ops(&v);
+        assert_eq!(o[0], "copy,0,0,13,320,227,14,0,0,0", "{o:?}");
+        // Only the new bottom rows are drawn.
+        assert!(
+            o[1..]
+                .iter()
+                .all(|s| !s.starts_with("img") || s.ends_with(",0,227")),
+            "{o:?}"
+        );
+        // The replayed picture is the new one: copy within the old picture,
+        // then the bottom rows from the new one.
+        let mut canvas = before.clone();
+        canvas.copy_within((13 * w) as usize.., 0);
+        canvas[(227 * w) as usize..].copy_from_slice(&after[(227 * w) as usize..]);
+        assert_eq!(canvas, after);
+        // A change that is not a shift is not mistaken for one.
+        let other: Vec<u32> = text_rows(w, h, 1000);
+        d.pixels(Rect::new(0, 0, 320, 240));
+        let o = ops(&frame(&mut d, Pixels::new(&other, w, h)));
+        assert!(!o.iter().any(|s| s.starts_with("copy")), "{o:?}");
     }
 
     #[test]

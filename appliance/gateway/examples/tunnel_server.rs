@@ -92,12 +92,19 @@ fn behavior_for(values: &HashMap<String, String>) -> Behavior {
             .encode()
             .into_bytes(),
         ),
-        Some("split") => Behavior::Script(split_steps()),
+        Some("split") => Behavior::Script(keep_alive(split_steps())),
         Some("echo") => Behavior::Echo {
             reply: echo.into_bytes(),
         },
-        _ => Behavior::Script(vec![Step::Write(drawing().into_bytes())]),
+        _ => Behavior::Script(keep_alive(vec![Step::Write(drawing().into_bytes())])),
     }
+}
+
+/// Then `nop` every 5 s, as guacd does, so that the tunnel does not time
+/// guacd out while a client looks at the drawing.
+fn keep_alive(mut steps: Vec<Step>) -> Vec<Step> {
+    steps.push(Step::KeepAlive(Duration::from_secs(5)));
+    steps
 }
 
 #[tokio::main]

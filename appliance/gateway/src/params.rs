@@ -65,17 +65,13 @@ impl FromQuery for DisplayParams {
                 _ => {}
             }
         }
-        let defaults = DisplayParams::default();
+        let (w, h, d) = DEFAULT_DISPLAY;
         Ok(DisplayParams {
-            width: width.unwrap_or(defaults.width),
-            height: height.unwrap_or(defaults.height),
-            dpi: dpi.unwrap_or(defaults.dpi),
+            width: width.unwrap_or(w),
+            height: height.unwrap_or(h),
+            dpi: dpi.unwrap_or(d),
             timezone: timezone.flatten(),
-            image: if image.is_empty() {
-                defaults.image
-            } else {
-                image
-            },
+            image,
             audio,
             video,
         })
@@ -200,9 +196,10 @@ mod tests {
 
     #[test]
     fn defaults() {
-        assert_eq!(
-            DisplayParams::from_query(&[]).unwrap(),
-            DisplayParams::default()
+        let p = DisplayParams::from_query(&[]).unwrap();
+        assert_eq!((p.width, p.height, p.dpi), DEFAULT_DISPLAY);
+        assert!(
+            p.timezone.is_none() && p.image.is_empty() && p.audio.is_empty() && p.video.is_empty()
         );
         let p = DisplayParams::from_query(&q(&[("GUAC_TIMEZONE", "")])).unwrap();
         assert_eq!(

@@ -88,6 +88,9 @@ pub enum Step {
         max_bytes: usize,
         block: Duration,
     },
+    /// From now on, send `nop` whenever nothing else was sent for this
+    /// long, as guacd's keep-alive does (every 5 s); never ends.
+    KeepAlive(Duration),
     /// Close the connection.
     Close,
 }
@@ -150,8 +153,20 @@ impl StandIn {
         StandIn::start_on("127.0.0.1:0", arg_names, choose).await
     }
 
-    /// Starts on `addr`.
+    /// Starts on `addr`, insisting on the handshake exactly as the gateway
+    /// must perform it (see the module docs).
     pub async fn start_on(addr: &str, arg_names: &[&str], choose: Chooser) -> StandIn {
+        StandIn::start_mode(addr, arg_names, choose, true).await
+    }
+
+    /// Starts on `addr`, accepting any handshake guacd 1.6 accepts: older
+    /// versions (`VERSION_1_1_0`), `timezone` and `name` absent or empty.
+    /// For other clients (guacamole-lite) in the benchmarks.
+    pub async fn start_lenient(addr: &str, arg_names: &[&str], choose: Chooser) -> StandIn {
+        StandIn::start_mode(addr, arg_names, choose, false).await
+    }
+
+    async fn start_mode(addr: &str, arg_names: &[&str], choose: Chooser, strict: bool) -> StandIn {
         let listener = TcpListener::bind(addr)
             .await
             .expect("bind the guacd stand-in");
@@ -172,7 +187,7 @@ impl StandIn {
                     sessions.lock().unwrap().push(session.clone());
                     let (names, choose, changed) = (names.clone(), choose.clone(), changed.clone());
                     tokio::spawn(async move {
-                        serve(socket, &names, &choose, &session, &changed).await;
+                        serve(socket, &names, &choose, &session, &changed, strict).await;
                         session.lock().unwrap().closed = true;
                         changed.notify_waiters();
                     });
@@ -274,6 +289,7 @@ async fn serve(
     choose: &Chooser,
     session: &Mutex<Session>,
     changed: &Notify,
+    strict: bool,
 ) {
     let mut c = Conn {
         socket,
@@ -322,15 +338,22 @@ async fn serve(
         let Some(pos) = order.iter().position(|o| *o == i.opcode) else {
             return c.fault(format!("unexpected {:?} in the handshake", i.opcode));
         };
-        if pos < at || (pos > at && !(at == 4 && pos == 5)) {
+        // `timezone` (4) and `name` (5) may be absent.
+        let skips_only_optional = (at..pos).all(|p| p == 4 || p == 5);
+        if strict && (pos < at || (pos > at && !(at == 4 && pos == 5))) {
+            return c.fault(format!("{:?} out of order", i.opcode));
+        }
+        if !strict && (pos < at || !skips_only_optional) {
             return c.fault(format!("{:?} out of order", i.opcode));
         }
         at = pos + 1;
         let ok = match i.opcode.as_str() {
             "size" => {
-                (2..=3).contains(&i.args.len()) && i.args.iter().all(|a| a.parse::<u32>().is_ok())
+                (2..=3).contains(&i.args.len())
+                    && i.args.iter().all(|a| a.parse::<u32>().is_ok())
+                    && (!strict || i.args.iter().all(|a| a.parse::<u32>().is_ok_and(|n| n > 0)))
             }
-            "timezone" | "name" => i.args.len() == 1,
+            "timezone" | "name" => i.args.len() == 1 || (!strict && i.args.is_empty()),
             _ => true,
         };
         if !ok {
@@ -357,7 +380,7 @@ async fn serve(
         s.version = connect.args[0].clone();
         s.connect = values.clone();
     }
-    if connect.args[0] != "VERSION_1_5_0" {
+    if strict && connect.args[0] != "VERSION_1_5_0" {
         return c.fault(format!("answered version {:?}", connect.args[0]));
     }
     let behavior = choose(&values);
@@ -548,6 +571,14 @@ async fn play(
                 written(chunk.len());
             }
         }
+        Step::KeepAlive(every) => loop {
+            tokio::time::sleep(every).await;
+            let nop = Instruction::nop().encode();
+            if wr.write_all(nop.as_bytes()).await.is_err() {
+                return false;
+            }
+            written(nop.len());
+        },
         Step::Close => return false,
     }
     true

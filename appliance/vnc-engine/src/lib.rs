@@ -12,7 +12,11 @@
 //! ending with `sync,<ms timestamp>,<updates>`. Within a frame:
 //!
 //! - `copy` for CopyRect (scrolling and moved windows) and `rect` + `cfill`
-//!   for solid areas, replayed in server order;
+//!   for solid areas, replayed in server order; then `copy` for content the
+//!   engine finds moved up or down inside a damaged area (scrolling the
+//!   server sent as pixels), found by row hashes against a copy of what the
+//!   browser shows (the "shadow", one `u32` per pixel: a session holds two
+//!   screen-sized buffers, the RFB framebuffer and the shadow);
 //! - `img` + `blob`s + `end` for the remaining damage, read from the newest
 //!   framebuffer: **PNG** for text and user-interface content (indexed
 //!   1/2/4/8-bit when it has at most 256 colours, else RGB; fast deflate),

@@ -20,7 +20,7 @@ use crate::guac::{Counts, Out};
 use crate::{DisplayParams, EngineConfig, EngineError, EngineStats};
 
 /// Bytes read from the server at once.
-const READ_BUF: usize = 256 * 1024;
+const READ_BUF: usize = 64 * 1024;
 /// While this much input waits for the server, the client is not read.
 const MAX_SERVER_BACKLOG: usize = 1024 * 1024;
 /// Frames with more image pixels than this are encoded on a blocking
@@ -90,7 +90,6 @@ pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
         let accept_input =
             s.server_out.len() < MAX_SERVER_BACKLOG && s.outbox.len() < MAX_OUTBOX_CHUNKS;
         tokio::select! {
-            biased;
             permit = to_client.reserve(), if !s.outbox.is_empty() => {
                 let Ok(permit) = permit else { return Ok(()) };
                 if let Some(chunk) = s.outbox.pop_front() {

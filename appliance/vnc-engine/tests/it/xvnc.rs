@@ -404,3 +404,66 @@ async fn x11vnc_shows_the_desktop() -> Result<()> {
     assert_eq!((b.width, b.height), (800, 600));
     Ok(())
 }
+
+/// Characters outside ASCII typed as keysyms (Latin-1, legacy and Unicode
+/// keysyms, as guacamole-common-js sends them for any keyboard layout)
+/// reach an application as the right text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_non_ascii_reaches_the_application() -> Result<()> {
+    if skip() || !have("xterm") {
+        return Ok(());
+    }
+    let mut x = Xvnc::start("800x600", &["-SecurityTypes", "None"])?;
+    x.x("xsetroot", &["-solid", "#0000ff"]).await?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("typed.txt");
+    let script = format!("cat > '{}'", file.display());
+    let display = format!(":{}", x.display);
+    let child = Command::new("xterm")
+        .args(["-u8", "-geometry", "80x24+0+0", "-e", "sh", "-c", &script])
+        .env("DISPLAY", display)
+        .env("LC_ALL", "C.UTF-8")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    x.procs.adopt(child);
+    let mut b = Browser::connect(&x, params(800, 600), EngineConfig::default()).await?;
+    b.until(T, "the xterm", |b| b.pixel(30, 100) == Some(0x00ff_ffff))
+        .await?;
+    b.send("mouse", &["100", "100", "0"]).await?;
+    let text = "aü€ß日";
+    let keysyms: Vec<u32> = text
+        .chars()
+        .map(|c| match c {
+            '€' => 0x20ac,                             // EuroSign
+            c if u32::from(c) < 0x100 => u32::from(c), // Latin-1
+            c => 0x0100_0000 | u32::from(c),           // Unicode keysym
+        })
+        .chain([0xff0d]) // Return
+        .collect();
+    for k in keysyms {
+        let k = k.to_string();
+        b.send("key", &[&k, "1"]).await?;
+        b.send("key", &[&k, "0"]).await?;
+        b.pump_for(Duration::from_millis(30)).await?;
+    }
+    // Ctrl+D ends cat.
+    b.send("key", &["65507", "1"]).await?;
+    b.send("key", &["100", "1"]).await?;
+    b.send("key", &["100", "0"]).await?;
+    b.send("key", &["65507", "0"]).await?;
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        b.pump_for(Duration::from_millis(100)).await?;
+        let got = std::fs::read_to_string(&file).unwrap_or_default();
+        if got == format!("{text}\n") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "typed {got:?}, wanted {text:?}"
+        );
+    }
+    Ok(())
+}

@@ -158,9 +158,7 @@ pub(super) fn routes(state: Arc<AppState>) -> Router {
     let counted = state.clone();
     build()
         .router
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint").into_response()
-        })
+        .fallback(portal)
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -183,6 +181,55 @@ pub(super) fn routes(state: Arc<AppState>) -> Router {
             }
         }))
         .with_state(state)
+}
+
+/// GETs outside the API serve the web portal (`daas-portal`: its files,
+/// and `index.html` for the paths the single-page app routes itself);
+/// everything else is the API's JSON 404.
+async fn portal(method: axum::http::Method, uri: axum::http::Uri, headers: HeaderMap) -> Response {
+    let path = uri.path();
+    let api = ["/api", "/healthz", "/readyz", "/metrics"]
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")));
+    let asset = (!api && (method == axum::http::Method::GET || method == axum::http::Method::HEAD))
+        .then(|| daas_portal::page(path))
+        .flatten();
+    let Some(a) = asset else {
+        return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+            .into_response();
+    };
+    let mut h = HeaderMap::new();
+    for (k, v) in daas_portal::SECURITY_HEADERS {
+        h.insert(*k, HeaderValue::from_static(v));
+    }
+    h.insert(header::ETAG, HeaderValue::from_static(a.etag));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(daas_portal::cache_control(&a)),
+    );
+    h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == a.etag || t.trim() == "*"));
+    if matches {
+        return (StatusCode::NOT_MODIFIED, h).into_response();
+    }
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(a.content_type),
+    );
+    let gzip_ok = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+    match a.gzip {
+        Some(gz) if gzip_ok => {
+            h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            (h, gz).into_response()
+        }
+        _ => (h, a.bytes).into_response(),
+    }
 }
 
 /// The (method, path) pairs served.

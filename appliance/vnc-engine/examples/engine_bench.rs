@@ -302,26 +302,46 @@ fn own_tid() -> Option<u32> {
     link.file_name()?.to_str()?.parse().ok()
 }
 
-/// CPU time of the engine: every thread of this process (the engine's
-/// runtime thread and the blocking threads it encodes on) but the client
-/// and probe threads, from their schedstat. Blocking threads live 10 s
-/// when idle, longer than any measurement here.
-fn engine_cpu() -> Duration {
+/// CPU time of the engine so far, per thread: every thread of this
+/// process (the engine's runtime thread and the blocking threads it
+/// encodes on) but the client and probe threads, from their schedstat.
+#[derive(Clone, Default)]
+struct Cpu(std::collections::HashMap<u32, u64>);
+
+impl Cpu {
+    /// CPU used since `self` was taken. Threads that appeared meanwhile
+    /// count from zero; a blocking thread leaves only after 10 s idle, so
+    /// none with work in a measurement is lost.
+    fn since(&self) -> Duration {
+        let now = engine_cpu();
+        let ns: u64 = now
+            .0
+            .iter()
+            .map(|(tid, ns)| ns.saturating_sub(self.0.get(tid).copied().unwrap_or(0)))
+            .sum();
+        Duration::from_nanos(ns)
+    }
+}
+
+fn engine_cpu() -> Cpu {
     let skip = NOT_ENGINE.lock().map(|v| v.clone()).unwrap_or_default();
-    let mut ns = 0u64;
+    let mut map = std::collections::HashMap::new();
     if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
         for e in dir.flatten() {
-            let tid: Option<u32> = e.file_name().to_str().and_then(|s| s.parse().ok());
-            if tid.is_some_and(|t| skip.contains(&t)) {
+            let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if skip.contains(&tid) {
                 continue;
             }
-            ns += std::fs::read_to_string(e.path().join("schedstat"))
+            let ns = std::fs::read_to_string(e.path().join("schedstat"))
                 .ok()
                 .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
                 .unwrap_or(0);
+            map.insert(tid, ns);
         }
     }
-    Duration::from_nanos(ns)
+    Cpu(map)
 }
 
 /// What arrived for one frame.
@@ -413,7 +433,7 @@ impl Client {
     }
 
     /// Measures one change started at `start`: frames until `quiet`.
-    async fn measure(&mut self, start: Instant, cpu0: Duration, quiet: Duration) -> Result<Change> {
+    async fn measure(&mut self, start: Instant, cpu0: Cpu, quiet: Duration) -> Result<Change> {
         let mut c = Change::default();
         let mut last_draw = None;
         let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -440,7 +460,7 @@ impl Client {
             bail!("the change never showed")
         };
         c.latency = last - start;
-        c.cpu = engine_cpu().saturating_sub(cpu0);
+        c.cpu = cpu0.since();
         Ok(c)
     }
 }
@@ -704,7 +724,7 @@ fn main() -> Result<()> {
                 }
             }
             let elapsed = start.elapsed();
-            let cpu = engine_cpu().saturating_sub(cpu0);
+            let cpu = cpu0.since();
             procs.kill_last();
             c.settle(Duration::from_millis(300)).await.ok();
             scrolls.push((scroll, frames, elapsed, cpu));

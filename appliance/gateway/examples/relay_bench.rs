@@ -13,8 +13,8 @@
 //!
 //! | workload | what | figure |
 //! | --- | --- | --- |
-//! | image | frames of `img` + 4 × 8 KiB base64 `blob` + `end` + `sync` | MB/s, best of 3 |
-//! | small | frames of `rect` + `cfill` + `sync` | instructions/s |
+//! | image | frames of `img` + 4 × 8 KiB base64 `blob` + `end` + `sync` | MB/s, best of 3; relay CPU per 100 MB |
+//! | small | frames of `rect` + `cfill` + `sync` | instructions/s, best of 3; relay CPU per instruction |
 //! | echo | a `key` answered by `rect` + `cfill` + `sync` | round trip p50/p99, minus the bare relay's |
 //! | idle | N tunnels held open | RSS growth of the relay's process per tunnel |
 //! | split | multi-byte text written in pieces that split characters and instructions | intact? whole messages? |
@@ -30,7 +30,10 @@
 //! of this binary (`--serve`), so that its RSS is the tunnel's alone;
 //! guacamole-lite and the bare relay run in Node processes of their own; the
 //! stand-in runs here. Times are wall-clock: on a shared machine, compare the
-//! ratios of one run, not absolute figures across runs.
+//! ratios of one run, not absolute figures across runs. Rounds interleave the
+//! three relays, and each relay's CPU time (from `/proc`) is reported beside
+//! its rate: CPU per byte or per instruction is what a busy machine distorts
+//! least.
 
 #[path = "../tests/support/guacd.rs"]
 mod guacd;
@@ -212,7 +215,7 @@ async fn main() {
     let (image_frames, small_frames) = if quick {
         (500, 20_000)
     } else {
-        (4000, 300_000)
+        (4000, 200_000)
     };
 
     let dir = js_dir();
@@ -283,7 +286,7 @@ async fn main() {
             .current_dir(&dir),
         "guacamole-lite",
     );
-    let (_bare, bare_addr) = spawn_listening(
+    let (bare, bare_addr) = spawn_listening(
         Command::new("node")
             .arg("bench.js")
             .arg("bare")
@@ -328,6 +331,7 @@ async fn main() {
         .args(["--bare", &format!("ws://{bare_addr}")])
         .args(["--pid-ours", &ours.0.id().to_string()])
         .args(["--pid-lite", &lite.0.id().to_string()])
+        .args(["--pid-bare", &bare.0.id().to_string()])
         .args(["--image-frames", &image_frames.to_string()])
         .args(["--image-frame-bytes", &image_frame_bytes.to_string()])
         .args(["--small-frames", &small_frames.to_string()])
@@ -343,7 +347,7 @@ async fn main() {
         .await
         .unwrap();
     let _ = std::fs::remove_file(&expect_path);
-    drop((ours, lite));
+    drop((ours, lite, bare));
     assert!(
         status.is_ok_and(|s| s.success()),
         "the benchmark client failed"

@@ -121,14 +121,17 @@ class Decoder {
 function relays(opts) {
     return {
         ours: {
+            pid: Number(opts.pidOurs),
             url: (workload) => `${opts.ours}?workload=${workload}&GUAC_WIDTH=1024&GUAC_HEIGHT=768&GUAC_DPI=96&GUAC_IMAGE=image%2Fpng`,
             handshake: false,
         },
         'guacamole-lite': {
+            pid: Number(opts.pidLite),
             url: (workload) => `${opts.lite}/?token=${encodeURIComponent(liteToken(workload))}`,
             handshake: false,
         },
         'bare relay': {
+            pid: Number(opts.pidBare),
             url: () => `${opts.bare}/`,
             handshake: true,
         },
@@ -193,6 +196,7 @@ const TAIL = Buffer.from(ins('disconnect'));
 
 /** Receives a blast until guacd's final `disconnect`; bytes and seconds. */
 async function blast(relay, workload) {
+    const cpu0 = cpuSeconds(relay.pid);
     let bytes = 0;
     let start = 0;
     let tail = Buffer.alloc(0);
@@ -207,8 +211,9 @@ async function blast(relay, workload) {
     }, (code) => { lost = code; done(); });
     await finished;
     const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+    const cpu = cpuSeconds(relay.pid) - cpu0;
     ws.close();
-    return { bytes, seconds, lost: tail.equals(TAIL) ? null : lost };
+    return { bytes, seconds, cpu, lost: tail.equals(TAIL) ? null : lost };
 }
 
 /** Round trips of a key press answered by a small frame. */
@@ -231,9 +236,8 @@ async function pingPong(relay, rounds, replyLength) {
         times.push(Number(process.hrtime.bigint() - t0) / 1e3);
     }
     ws.close();
-    const warm = times.slice(Math.floor(rounds / 10)).sort((a, b) => a - b);
-    const q = (p) => warm[Math.min(warm.length - 1, Math.floor(p * warm.length))];
-    return { p50: q(0.5), p99: q(0.99) };
+    return times.slice(20); // after a warm-up
+
 }
 
 /** The multi-byte stream, split by guacd's writes: received intact? */
@@ -278,6 +282,13 @@ async function splitCheck(relay, expected) {
     return { verdict: `${bad} of ${expected.length} instructions lost or corrupted${closedEarly ? `, closed ${closedEarly}` : ''}`, messagesWhole };
 }
 
+/** CPU time (user + system) of `pid` so far, in seconds. */
+function cpuSeconds(pid) {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime at 100 Hz
+}
+
 function rssKiB(pid) {
     const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
     return Number(m[1]);
@@ -312,11 +323,14 @@ function arg(name, fallback) {
 
 async function client() {
     const quick = process.argv.includes('--quick');
-    const opts = { ours: arg('ours'), lite: arg('lite'), bare: arg('bare') };
+    const opts = {
+        ours: arg('ours'), lite: arg('lite'), bare: arg('bare'),
+        pidOurs: arg('pid-ours'), pidLite: arg('pid-lite'), pidBare: arg('pid-bare'),
+    };
     const all = relays(opts);
     const imageFrames = Number(arg('image-frames', quick ? 500 : 4000));
     const imageFrameBytes = Number(arg('image-frame-bytes'));
-    const smallFrames = Number(arg('small-frames', quick ? 20000 : 300000));
+    const smallFrames = Number(arg('small-frames', quick ? 20000 : 200000));
     const rounds = quick ? 500 : 3000;
     const replyLength = Number(arg('reply-bytes'));
     const idleTunnels = Number(arg('idle-tunnels', quick ? 200 : 1000));
@@ -331,28 +345,39 @@ async function client() {
         note(name, 'idle', r);
         console.error(`idle tunnels via ${name}: ${r.alive}/${idleTunnels} held, ${r.perTunnelKiB.toFixed(1)} KiB each`);
     }
-    for (const name of order) {
-        const relay = all[name];
-        let best = 0;
-        for (let round = 0; round < 3; round++) {
-            const r = await blast(relay, 'image');
-            if (r.lost) { note(name, 'image', `lost (${r.lost})`); break; }
-            best = Math.max(best, (imageFrames * imageFrameBytes) / r.seconds / 1e6);
+    // Rounds interleave the relays, so that a busy moment of the shared
+    // machine does not fall on one of them only; each relay's best round
+    // counts, and its CPU time in that round.
+    for (const [workload, rounds, units, key] of [
+        ['image', 3, imageFrames * imageFrameBytes, 'image'],
+        ['small', 3, smallFrames * 3, 'small'],
+    ]) {
+        for (let round = 0; round < rounds; round++) {
+            for (const name of order) {
+                const r = await blast(all[name], workload);
+                const prev = (results[name] || {})[key];
+                if (r.lost) { note(name, key, { lost: r.lost }); continue; }
+                const rate = units / r.seconds;
+                if (!prev || !(prev.rate >= rate)) note(name, key, { rate, cpuPerUnit: r.cpu / units, seconds: r.seconds });
+            }
         }
-        note(name, 'imageMBps', best);
-        console.error(`image frames via ${name}: ${best.toFixed(0)} MB/s`);
+        for (const name of order) {
+            const v = results[name][key];
+            console.error(`${workload} via ${name}: ${v.rate ? (key === 'image' ? `${(v.rate / 1e6).toFixed(0)} MB/s` : `${(v.rate / 1e3).toFixed(0)} k instructions/s`) : `lost ${v.lost}`}`);
+        }
+    }
+    const samples = Object.fromEntries(order.map((name) => [name, []]));
+    for (let chunk = 0; chunk < 10; chunk++) {
+        for (const name of order) {
+            samples[name].push(...(await pingPong(all[name], Math.ceil(rounds / 10) + 20, replyLength)));
+        }
     }
     for (const name of order) {
-        const relay = all[name];
-        const r = await blast(relay, 'small');
-        note(name, 'smallPerSec', (smallFrames * 3) / r.seconds);
-        console.error(`small instructions via ${name}: ${((smallFrames * 3) / r.seconds / 1e3).toFixed(0)} k/s`);
-    }
-    for (const name of order) {
-        const r = await pingPong(all[name], rounds, replyLength);
-        note(name, 'p50us', r.p50);
-        note(name, 'p99us', r.p99);
-        console.error(`round trip via ${name}: p50 ${r.p50.toFixed(0)} µs, p99 ${r.p99.toFixed(0)} µs`);
+        const sorted = samples[name].sort((a, b) => a - b);
+        const q = (p) => sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
+        note(name, 'p50us', q(0.5));
+        note(name, 'p99us', q(0.99));
+        console.error(`round trip via ${name}: p50 ${q(0.5).toFixed(0)} µs, p99 ${q(0.99).toFixed(0)} µs (${sorted.length})`);
     }
     // Last: guacamole-lite is known to crash on split UTF-8.
     for (const name of order) {
@@ -372,10 +397,14 @@ function printTable(r, p) {
     const ratio = (a, b) => (typeof a === 'number' && typeof b === 'number' && b > 0 ? `${(a / b).toFixed(2)}×` : '—');
     const rows = [
         ['workload', 'ours', 'bare relay', 'guacamole-lite', 'ours/bare', 'ours/lite'],
-        [`image frames, MB/s (${p.imageFrames} frames, best of 3)`, f(ours.imageMBps), f(bare.imageMBps), f(lite.imageMBps),
-            ratio(ours.imageMBps, bare.imageMBps), ratio(ours.imageMBps, lite.imageMBps)],
-        [`small instructions, k/s (${p.smallFrames * 3})`, f(ours.smallPerSec / 1e3), f(bare.smallPerSec / 1e3), f(lite.smallPerSec / 1e3),
-            ratio(ours.smallPerSec, bare.smallPerSec), ratio(ours.smallPerSec, lite.smallPerSec)],
+        [`image frames, MB/s (${p.imageFrames} frames, best of 3)`, f(ours.image.rate / 1e6), f(bare.image.rate / 1e6), f(lite.image.rate / 1e6),
+            ratio(ours.image.rate, bare.image.rate), ratio(ours.image.rate, lite.image.rate)],
+        ['  relay CPU, ms per 100 MB', f(ours.image.cpuPerUnit * 1e11), f(bare.image.cpuPerUnit * 1e11), f(lite.image.cpuPerUnit * 1e11),
+            ratio(bare.image.cpuPerUnit, ours.image.cpuPerUnit), ratio(lite.image.cpuPerUnit, ours.image.cpuPerUnit)],
+        [`small instructions, k/s (${p.smallFrames * 3}, best of 3)`, f(ours.small.rate / 1e3), f(bare.small.rate / 1e3), f(lite.small.rate / 1e3),
+            ratio(ours.small.rate, bare.small.rate), ratio(ours.small.rate, lite.small.rate)],
+        ['  relay CPU, ns per instruction', f(ours.small.cpuPerUnit * 1e9), f(bare.small.cpuPerUnit * 1e9), f(lite.small.cpuPerUnit * 1e9),
+            ratio(bare.small.cpuPerUnit, ours.small.cpuPerUnit), ratio(lite.small.cpuPerUnit, ours.small.cpuPerUnit)],
         [`round trip p50, µs (${p.rounds})`, f(ours.p50us), f(bare.p50us), f(lite.p50us),
             `+${f(ours.p50us - bare.p50us)} µs`, `+${f(lite.p50us - bare.p50us)} µs (lite)`],
         ['round trip p99, µs', f(ours.p99us), f(bare.p99us), f(lite.p99us),

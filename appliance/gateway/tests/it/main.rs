@@ -15,3 +15,4 @@ mod common;
 mod contract;
 mod js;
 mod relay;
+mod tls;

@@ -853,6 +853,165 @@ mod tests {
         assert!(!o.iter().any(|s| s.starts_with("copy")), "{o:?}");
     }
 
+    /// Replays a frame's instructions on a canvas, as the browser would.
+    // Test geometry is small and in range.
+    #[allow(clippy::cast_possible_truncation)]
+    fn replay(canvas: &mut [u32], w: u32, chunks: &[Vec<u8>]) {
+        use base64::Engine as _;
+        let mut dec = Decoder::new();
+        let mut path = Vec::new();
+        let mut img: Option<(i64, i64, Vec<u8>)> = None;
+        for c in chunks {
+            dec.push(c).unwrap();
+            while let Some(i) = dec.next_instruction().unwrap() {
+                let n = |k: usize| i.args[k].parse::<i64>().unwrap();
+                let h = canvas.len() as i64 / i64::from(w);
+                let put = |canvas: &mut [u32], x: i64, y: i64, c: u32| {
+                    if x >= 0 && y >= 0 && x < i64::from(w) && y < h {
+                        canvas[(y * i64::from(w) + x) as usize] = c;
+                    }
+                };
+                match i.opcode.as_str() {
+                    "rect" if n(0) == 0 => path.push((n(1), n(2), n(3), n(4))),
+                    "cfill" if n(1) == 0 => {
+                        let c = ((n(2) as u32) << 16) | ((n(3) as u32) << 8) | n(4) as u32;
+                        for (x, y, rw, rh) in path.drain(..) {
+                            for yy in y..y + rh {
+                                for xx in x..x + rw {
+                                    put(canvas, xx, yy, c);
+                                }
+                            }
+                        }
+                    }
+                    "copy" => {
+                        let snap = canvas.to_vec();
+                        for yy in 0..n(4) {
+                            for xx in 0..n(3) {
+                                let c = snap[((n(2) + yy) * i64::from(w) + n(1) + xx) as usize];
+                                put(canvas, n(7) + xx, n(8) + yy, c);
+                            }
+                        }
+                    }
+                    "img" if n(2) == 0 => img = Some((n(4), n(5), Vec::new())),
+                    "blob" => {
+                        if let Some((_, _, data)) = img.as_mut() {
+                            data.extend(
+                                base64::engine::general_purpose::STANDARD
+                                    .decode(&i.args[1])
+                                    .unwrap(),
+                            );
+                        }
+                    }
+                    "end" => {
+                        if let Some((x, y, data)) = img.take() {
+                            let mut d = png::Decoder::new(&data[..]);
+                            d.set_transformations(png::Transformations::EXPAND);
+                            let mut r = d.read_info().unwrap();
+                            let mut buf = vec![0; r.output_buffer_size()];
+                            let info = r.next_frame(&mut buf).unwrap();
+                            for (k, p) in buf[..info.buffer_size()].chunks_exact(3).enumerate() {
+                                let k = k as i64;
+                                let c = (u32::from(p[0]) << 16)
+                                    | (u32::from(p[1]) << 8)
+                                    | u32::from(p[2]);
+                                put(
+                                    canvas,
+                                    x + k % i64::from(info.width),
+                                    y + k / i64::from(info.width),
+                                    c,
+                                );
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Random fills, copies, pixel changes and scrolls sent as pixels,
+    /// with frames at random moments: the replayed picture always equals
+    /// the framebuffer.
+    #[test]
+    // Test geometry is small and in range.
+    #[allow(clippy::cast_possible_truncation)]
+    fn coalesced_frames_always_reproduce_the_framebuffer() {
+        let (w, h) = (160u32, 128u32);
+        let mut seed = 0x1234_5678u32;
+        let mut rnd = |n: u32| {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed % n.max(1)
+        };
+        let enc = Encoding {
+            jpeg: false,
+            quality: 80,
+        };
+        for _round in 0..12 {
+            let mut fb = vec![0u32; (w * h) as usize];
+            let mut canvas = vec![0u32; (w * h) as usize];
+            let mut d = Display::new(160, 128, enc, Instant::now());
+            for step in 0..150 {
+                let (x, y) = (rnd(w), rnd(h));
+                let (rw, rh) = (1 + rnd(w - x), 1 + rnd(h - y));
+                let rect = Rect::new(x as u16, y as u16, rw as u16, rh as u16);
+                match rnd(5) {
+                    0 => {
+                        let c = rnd(4) * 0x0040_4040;
+                        for yy in y..y + rh {
+                            for xx in x..x + rw {
+                                fb[(yy * w + xx) as usize] = c;
+                            }
+                        }
+                        d.fill(rect, c);
+                    }
+                    1 => {
+                        let (sx, sy) = (rnd(w - rw + 1), rnd(h - rh + 1));
+                        let snap = fb.clone();
+                        for yy in 0..rh {
+                            for xx in 0..rw {
+                                fb[((y + yy) * w + x + xx) as usize] =
+                                    snap[((sy + yy) * w + sx + xx) as usize];
+                            }
+                        }
+                        d.copy(sx as u16, sy as u16, rect);
+                    }
+                    2 | 3 => {
+                        // Text-like pixels.
+                        let salt = rnd(1 << 20);
+                        for yy in y..y + rh {
+                            for xx in x..x + rw {
+                                let v = (xx * 31 + yy * 17 + salt) % 7;
+                                fb[(yy * w + xx) as usize] =
+                                    if v < 2 { 0 } else { 0x00ff_ffff - v };
+                            }
+                        }
+                        d.pixels(rect);
+                    }
+                    _ => {
+                        // A scroll of the whole screen sent as pixels.
+                        let dy = 1 + rnd(40) as usize;
+                        let row = w as usize;
+                        fb.copy_within(dy * row.., 0);
+                        d.pixels(Rect::new(0, 0, w as u16, h as u16));
+                    }
+                }
+                if step % 7 == 0 || rnd(3) == 0 {
+                    d.update_end();
+                    let mut out = Out::default();
+                    let jobs = d
+                        .compose(Pixels::new(&fb, w, h), &mut out, Instant::now())
+                        .unwrap();
+                    write_images(&mut out, &encode_jobs(jobs, 80).unwrap());
+                    let (chunks, _) = out.take();
+                    replay(&mut canvas, w, &chunks);
+                    assert!(canvas == fb, "round {_round} step {step}: picture differs");
+                }
+            }
+        }
+    }
+
     #[test]
     fn short_solid_runs_join_images() {
         let t = TILE;

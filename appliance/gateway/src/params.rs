@@ -240,4 +240,28 @@ mod tests {
         assert!(DisplayParams::from_query(&many).is_err());
         DisplayParams::from_query(&many[..16]).unwrap();
     }
+
+    proptest::proptest! {
+        /// Any query: never a panic, and what is accepted is within bounds.
+        #[test]
+        fn any_query_is_bounded(pairs in proptest::collection::vec(
+            (
+                proptest::sample::select(vec!["GUAC_WIDTH", "GUAC_HEIGHT", "GUAC_DPI", "GUAC_TIMEZONE", "GUAC_IMAGE", "GUAC_AUDIO", "GUAC_VIDEO", "ticket"]),
+                proptest::prop_oneof![r"[0-9]{0,12}", r"\PC{0,80}", r"[a-z]{1,8}/[a-zA-Z0-9.;=,+-]{0,70}"],
+            ),
+            0..24,
+        )) {
+            let query: Vec<(String, String)> = pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            if let Ok(p) = DisplayParams::from_query(&query) {
+                proptest::prop_assert!((1..=MAX_DIMENSION).contains(&p.width));
+                proptest::prop_assert!((1..=MAX_DIMENSION).contains(&p.height));
+                proptest::prop_assert!((1..=MAX_DPI).contains(&p.dpi));
+                proptest::prop_assert!(p.timezone.as_ref().is_none_or(|t| t.len() <= MAX_TIMEZONE_CHARS && t.is_ascii()));
+                for list in [&p.image, &p.audio, &p.video] {
+                    proptest::prop_assert!(list.len() <= MAX_MIMETYPES);
+                    proptest::prop_assert!(list.iter().all(|m| m.len() <= MAX_MIMETYPE_CHARS && m.bytes().all(|b| b.is_ascii_graphic())));
+                }
+            }
+        }
+    }
 }

@@ -404,8 +404,8 @@ async fn serve(
         changed,
     };
     if pipelined > 0 {
-        // Bytes the gateway sent right behind `connect` are not lost: the
-        // decoder holds them (whole instructions were already taken).
+        // The gateway must wait for `ready` before it forwards anything the
+        // browser sent: bytes right behind `connect` are a fault.
         reader
             .session
             .lock()

@@ -29,7 +29,12 @@ try {
     await sleep(300);
     const [tab] = await Promise.all([ctx.waitForEvent('page'), page.getByRole('button', { name: 'Open XTerm' }).click()]);
     const clickAt = await page.evaluate(() => window.__clickAt);
-    await until(() => tab.evaluate(() => window.daasDesktop && window.daasDesktop.firstFrameAt).catch(() => 0), Boolean, 'the first frame', 30000);
+    await until(
+      () => tab.evaluate(() => window.daasDesktop && window.daasDesktop.firstFrameAt).catch(() => 0),
+      Boolean,
+      'the first frame',
+      30000,
+    );
     const t = await tab.evaluate(() => {
       const m = Object.fromEntries(performance.getEntriesByType('mark').map((e) => [e.name, performance.timeOrigin + e.startTime]));
       return { firstFrameAt: window.daasDesktop.firstFrameAt, navAt: performance.timeOrigin, ...m };
@@ -48,7 +53,12 @@ try {
     console.log(`${run === 0 ? 'warm-up' : `run ${run}`}: ${fmt(r)}`);
     const s = await api.call('POST', `/api/v1/instances/${iid}/stop`);
     if (s.status !== 202) throw new Error(`stop: ${JSON.stringify(s)}`);
-    await until(async () => (await api.call('GET', `/api/v1/instances/${iid}`)).body.state, (st) => st === 'stopped', 'the instance to stop', 30000);
+    await until(
+      async () => (await api.call('GET', `/api/v1/instances/${iid}`)).body.state,
+      (st) => st === 'stopped',
+      'the instance to stop',
+      30000,
+    );
   }
 } finally {
   await browser.close();
@@ -71,4 +81,6 @@ console.log('| --- | ---: |');
 for (const k of keys) console.log(`| ${k} | ${Math.round(median(results.map((r) => r[k])))} |`);
 const total = median(results.map((r) => r.total));
 const start = median(results.map((r) => r.start));
-console.log(`\ntotal ${Math.round(total)} ms (goal ≤ 1500 ms: ${total <= 1500 ? 'met' : 'NOT met'}); backend start ${Math.round(start)} ms = ${((100 * start) / total).toFixed(0)} % of it; portal and tunnel ${Math.round(total - start)} ms`);
+console.log(
+  `\ntotal ${Math.round(total)} ms (goal ≤ 1500 ms: ${total <= 1500 ? 'met' : 'NOT met'}); backend start ${Math.round(start)} ms = ${((100 * start) / total).toFixed(0)} % of it; portal and tunnel ${Math.round(total - start)} ms`,
+);

@@ -44,10 +44,7 @@ export async function startAppliance({ extra = '', demo = true } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'daas-browser-'));
   chmodSync(dir, 0o711);
   const config = join(dir, 'appliance.toml');
-  writeFileSync(
-    config,
-    `[server]\nlisten = "127.0.0.1:0"\ntls = "off"\n[paths]\nstate_dir = "${join(dir, 'state')}"\n${extra}`,
-  );
+  writeFileSync(config, `[server]\nlisten = "127.0.0.1:0"\ntls = "off"\n[paths]\nstate_dir = "${join(dir, 'state')}"\n${extra}`);
   const add = spawnSync(applianceBin(), ['--config', config, 'user', 'add', 'admin', '--role', 'admin', '--password-stdin'], {
     input: ADMIN_PW,
     encoding: 'utf8',
@@ -74,7 +71,10 @@ export async function startAppliance({ extra = '', demo = true } = {}) {
 async function spawnDaemon(a, demo) {
   const args = ['--config', a.config, 'serve'];
   if (demo) args.push('--demo');
-  const child = spawn(applianceBin(), args, { env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(applianceBin(), args, {
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   child.stderr.pipe(createWriteStream(join(a.dir, 'daemon.log'), { flags: 'a' }));
   a.child = child;
   a.url = await new Promise((ok, fail) => {
@@ -225,7 +225,12 @@ export async function openApp(page, name) {
 
 /** Waits until the desktop tab shows a desktop (varied pixels). */
 export function firstFrame(tab, ms = 10000) {
-  return until(() => canvasInfo(tab), (c) => c.w > 0 && c.distinct > 2, 'a desktop on the canvas', ms);
+  return until(
+    () => canvasInfo(tab),
+    (c) => c.w > 0 && c.distinct > 2,
+    'a desktop on the canvas',
+    ms,
+  );
 }
 
 /** The instance's home on the local backend (files the desktop writes). */

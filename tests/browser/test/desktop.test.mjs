@@ -6,11 +6,23 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  ADMIN_PW, ROOT, canvasInfo, firstFrame, instanceHome, launch, login, missing, newContext, openApp,
-  screenshotsOnFailure, sleep, startAppliance, until,
+  ADMIN_PW,
+  ROOT,
+  canvasInfo,
+  firstFrame,
+  instanceHome,
+  launch,
+  login,
+  missing,
+  newContext,
+  openApp,
+  screenshotsOnFailure,
+  sleep,
+  startAppliance,
+  until,
 } from '../lib/harness.mjs';
 
-const skip = missing();
+const skip = missing() || false;
 if (skip) console.error(`SKIPPED browser tests: ${skip}`);
 
 let app;
@@ -43,132 +55,185 @@ async function typeLine(tab, text) {
 }
 
 test('log in, open XTerm, type, clipboard both ways, resize, stop', { skip }, () =>
-  screenshotsOnFailure('desktop-flow', () => contexts, async () => {
-    const ctx = await context();
-    const page = await ctx.newPage();
-    await login(page, app.url, 'admin', ADMIN_PW);
-    await page.getByText('XTerm').first().waitFor();
+  screenshotsOnFailure(
+    'desktop-flow',
+    () => contexts,
+    async () => {
+      const ctx = await context();
+      const page = await ctx.newPage();
+      await login(page, app.url, 'admin', ADMIN_PW);
+      await page.getByText('XTerm').first().waitFor();
 
-    // Open: a new tab with the desktop; the canvas shows it within 10 s.
-    const tab = await openApp(page, 'XTerm');
-    const first = await firstFrame(tab, 10000);
-    assert.ok(first.distinct > 2, `varied pixels: ${JSON.stringify(first)}`);
-    await tab.bringToFront();
-    await until(() => tab.evaluate(() => document.title), (t) => t.startsWith('XTerm'), 'the tab title');
-    const iid = instanceIdOf(tab);
+      // Open: a new tab with the desktop; the canvas shows it within 10 s.
+      const tab = await openApp(page, 'XTerm');
+      const first = await firstFrame(tab, 10000);
+      assert.ok(first.distinct > 2, `varied pixels: ${JSON.stringify(first)}`);
+      await tab.bringToFront();
+      await until(
+        () => tab.evaluate(() => document.title),
+        (t) => t.startsWith('XTerm'),
+        'the tab title',
+      );
+      const iid = instanceIdOf(tab);
 
-    // Typing changes the picture.
-    await tab.mouse.move(400, 300);
-    await sleep(300);
-    const before = await canvasInfo(tab);
-    await typeLine(tab, 'echo typed-in-the-browser');
-    await until(() => canvasInfo(tab), (c) => c.hash !== before.hash, 'the canvas to change after typing');
+      // Typing changes the picture.
+      await tab.mouse.move(400, 300);
+      await sleep(300);
+      const before = await canvasInfo(tab);
+      await typeLine(tab, 'echo typed-in-the-browser');
+      await until(
+        () => canvasInfo(tab),
+        (c) => c.hash !== before.hash,
+        'the canvas to change after typing',
+      );
 
-    if (process.env.UPDATE_SCREENSHOT) {
-      await typeLine(tab, 'ls -la ~');
-      await sleep(800);
-      mkdirSync(join(ROOT, 'docs/images'), { recursive: true });
-      await tab.screenshot({ path: join(ROOT, 'docs/images/portal-desktop.png') });
-    }
+      if (process.env.UPDATE_SCREENSHOT) {
+        await typeLine(tab, 'ls -la ~');
+        await sleep(800);
+        mkdirSync(join(ROOT, 'docs/images'), { recursive: true });
+        await tab.screenshot({ path: join(ROOT, 'docs/images/portal-desktop.png') });
+      }
 
-    // Clipboard out: the desktop copies "café-out" (xclip), the browser's clipboard gets it.
-    await typeLine(tab, "printf 'caf\\303\\251-out' | xclip -selection clipboard -i");
-    await until(
-      () => tab.evaluate(() => navigator.clipboard.readText().catch((e) => `error: ${e}`)),
-      (t) => t === 'café-out',
-      'the browser clipboard to hold café-out',
-    );
+      // Clipboard out: the desktop copies "café-out" (xclip), the browser's clipboard gets it.
+      await typeLine(tab, "printf 'caf\\303\\251-out' | xclip -selection clipboard -i");
+      await until(
+        () => tab.evaluate(() => navigator.clipboard.readText().catch((e) => `error: ${e}`)),
+        (t) => t === 'café-out',
+        'the browser clipboard to hold café-out',
+      );
 
-    // Clipboard in: the browser's clipboard holds "naïve-in ✓"; focusing the tab sends it.
-    await tab.evaluate(() => navigator.clipboard.writeText('naïve-in ✓'));
-    await tab.evaluate(() => window.dispatchEvent(new Event('focus')));
-    await sleep(500);
-    await typeLine(tab, 'xclip -selection clipboard -o > ~/clip-in.txt');
-    const file = join(instanceHome(app, iid), 'clip-in.txt');
-    await until(() => (existsSync(file) ? readFileSync(file, 'utf8') : null), (t) => t === 'naïve-in ✓', `${file} to hold the pasted text`);
+      // Clipboard in: the browser's clipboard holds "naïve-in ✓"; focusing the tab sends it.
+      await tab.evaluate(() => navigator.clipboard.writeText('naïve-in ✓'));
+      await tab.evaluate(() => window.dispatchEvent(new Event('focus')));
+      await sleep(500);
+      await typeLine(tab, 'xclip -selection clipboard -o > ~/clip-in.txt');
+      const file = join(instanceHome(app, iid), 'clip-in.txt');
+      await until(
+        () => (existsSync(file) ? readFileSync(file, 'utf8') : null),
+        (t) => t === 'naïve-in ✓',
+        `${file} to hold the pasted text`,
+      );
 
-    // The remote desktop follows the window's size.
-    await tab.setViewportSize({ width: 1024, height: 640 });
-    await until(() => canvasInfo(tab), (c) => c.w === 1024 && c.h === 640, 'the remote desktop to become 1024×640');
-    await tab.setViewportSize({ width: 1280, height: 800 });
-    await until(() => canvasInfo(tab), (c) => c.w === 1280 && c.h === 800, 'the remote desktop to become 1280×800 again');
+      // The remote desktop follows the window's size.
+      await tab.setViewportSize({ width: 1024, height: 640 });
+      await until(
+        () => canvasInfo(tab),
+        (c) => c.w === 1024 && c.h === 640,
+        'the remote desktop to become 1024×640',
+      );
+      await tab.setViewportSize({ width: 1280, height: 800 });
+      await until(
+        () => canvasInfo(tab),
+        (c) => c.w === 1280 && c.h === 800,
+        'the remote desktop to become 1280×800 again',
+      );
 
-    // Stop from "My apps": the app is no longer running, the tab says so.
-    await page.bringToFront();
-    await page.getByRole('button', { name: 'Stop XTerm' }).click();
-    await page.getByRole('button', { name: 'Open XTerm' }).waitFor({ timeout: 20000 });
-    await until(() => page.locator('[data-app="XTerm"] .app-state').innerText(), (t) => /Not running|Stopped/.test(t), 'XTerm to be stopped', 20000);
-    await tab.getByText('This desktop was stopped.').waitFor({ timeout: 15000 });
-    await tab.close();
-  }));
+      // Stop from "My apps": the app is no longer running, the tab says so.
+      await page.bringToFront();
+      await page.getByRole('button', { name: 'Stop XTerm' }).click();
+      await page.getByRole('button', { name: 'Open XTerm' }).waitFor({ timeout: 20000 });
+      await until(
+        () => page.locator('[data-app="XTerm"] .app-state').innerText(),
+        (t) => /Not running|Stopped/.test(t),
+        'XTerm to be stopped',
+        20000,
+      );
+      await tab.getByText('This desktop was stopped.').waitFor({ timeout: 15000 });
+      await tab.close();
+    },
+  ),
+);
 
 test('a dropped tunnel reconnects to the same desktop', { skip }, () =>
-  screenshotsOnFailure('reconnect', () => contexts, async () => {
-    const ctx = await context();
-    // Keep a handle on every WebSocket, to drop the tunnel as a network would.
-    await ctx.addInitScript(() => {
-      const Orig = window.WebSocket;
-      window.__sockets = [];
-      window.WebSocket = class extends Orig {
-        constructor(...a) {
-          super(...a);
-          window.__sockets.push(this);
-        }
-      };
-    });
-    const page = await ctx.newPage();
-    await login(page, app.url, 'admin', ADMIN_PW);
-    const tab = await openApp(page, 'XTerm');
-    await firstFrame(tab);
-    await tab.bringToFront();
-    const iid = instanceIdOf(tab);
-    await tab.mouse.move(400, 300);
-    await typeLine(tab, 'echo before-the-drop');
-    await sleep(500);
-    assert.equal(await tab.evaluate(() => window.daasDesktop.connects), 1);
+  screenshotsOnFailure(
+    'reconnect',
+    () => contexts,
+    async () => {
+      const ctx = await context();
+      // Keep a handle on every WebSocket, to drop the tunnel as a network would.
+      await ctx.addInitScript(() => {
+        const Orig = window.WebSocket;
+        window.__sockets = [];
+        window.WebSocket = class extends Orig {
+          constructor(...a) {
+            super(...a);
+            window.__sockets.push(this);
+          }
+        };
+      });
+      const page = await ctx.newPage();
+      await login(page, app.url, 'admin', ADMIN_PW);
+      const tab = await openApp(page, 'XTerm');
+      await firstFrame(tab);
+      await tab.bringToFront();
+      const iid = instanceIdOf(tab);
+      await tab.mouse.move(400, 300);
+      await typeLine(tab, 'echo before-the-drop');
+      await sleep(500);
+      assert.equal(await tab.evaluate(() => window.daasDesktop.connects), 1);
 
-    await tab.evaluate(() => window.__sockets.filter((s) => s.protocol === 'guacamole').forEach((s) => s.close()));
-    await until(() => tab.evaluate(() => window.daasDesktop.connects), (n) => n === 2, 'a second connection', 15000);
-    await until(() => tab.locator('.desktop-page').getAttribute('data-phase'), (p) => p === 'connected', 'connected again');
-    assert.equal(instanceIdOf(tab), iid, 'the same instance');
-    // The session is the same: the shell still has its history.
-    const shown = await firstFrame(tab);
-    assert.ok(shown.distinct > 2);
-    await typeLine(tab, 'echo after-the-drop > ~/after.txt');
-    const file = join(instanceHome(app, iid), 'after.txt');
-    await until(() => existsSync(file), Boolean, 'the shell to answer after reconnecting');
-    await tab.close();
-    await page.getByRole('button', { name: 'Stop XTerm' }).click();
-    await page.getByRole('button', { name: 'Open XTerm' }).waitFor({ timeout: 20000 });
-  }));
+      await tab.evaluate(() => window.__sockets.filter((s) => s.protocol === 'guacamole').forEach((s) => s.close()));
+      await until(
+        () => tab.evaluate(() => window.daasDesktop.connects),
+        (n) => n === 2,
+        'a second connection',
+        15000,
+      );
+      await until(
+        () => tab.locator('.desktop-page').getAttribute('data-phase'),
+        (p) => p === 'connected',
+        'connected again',
+      );
+      assert.equal(instanceIdOf(tab), iid, 'the same instance');
+      // The session is the same: the shell still has its history.
+      const shown = await firstFrame(tab);
+      assert.ok(shown.distinct > 2);
+      await typeLine(tab, 'echo after-the-drop > ~/after.txt');
+      const file = join(instanceHome(app, iid), 'after.txt');
+      await until(() => existsSync(file), Boolean, 'the shell to answer after reconnecting');
+      await tab.close();
+      await page.getByRole('button', { name: 'Stop XTerm' }).click();
+      await page.getByRole('button', { name: 'Open XTerm' }).waitFor({ timeout: 20000 });
+    },
+  ),
+);
 
 test('the idle warning counts down, input resets it, then the tab disconnects', { skip }, () =>
-  screenshotsOnFailure('idle', () => contexts, async () => {
-    const ctx = await context();
-    const page = await ctx.newPage();
-    await login(page, app.url, 'admin', ADMIN_PW);
-    const apps = await page.evaluate(() => fetch('/api/v1/apps').then((r) => r.json()));
-    const xterm = apps.items.find((a) => a.name === 'XTerm');
-    // A short idle policy for the test (?idle=SECONDS): the warning comes at half of it.
-    await page.goto(`${app.url}/open/apps/${xterm.id}?idle=8`);
-    await firstFrame(page);
-    const banner = page.getByRole('alert').filter({ hasText: 'disconnects in' });
-    await banner.waitFor({ timeout: 8000 });
-    assert.match(await banner.innerText(), /disconnects in \d+ s/);
-    await page.keyboard.press('Shift');
-    await banner.waitFor({ state: 'hidden', timeout: 3000 });
-    await page.getByRole('heading', { name: 'Disconnected' }).waitFor({ timeout: 15000 });
-    await page.getByText('without input').waitFor();
-    await page.getByRole('button', { name: 'Reconnect' }).click();
-    await until(() => page.locator('.desktop-page').getAttribute('data-phase'), (p) => p === 'connected', 'connected again');
-    await firstFrame(page);
-    // Stop it from the desktop's own menu (Ctrl+Alt+Shift).
-    await page.keyboard.down('Control');
-    await page.keyboard.down('Alt');
-    await page.keyboard.down('Shift');
-    await page.keyboard.up('Shift');
-    await page.keyboard.up('Alt');
-    await page.keyboard.up('Control');
-    await page.getByRole('button', { name: 'Stop this desktop' }).click();
-    await page.getByText('This desktop was stopped.').waitFor({ timeout: 15000 });
-  }));
+  screenshotsOnFailure(
+    'idle',
+    () => contexts,
+    async () => {
+      const ctx = await context();
+      const page = await ctx.newPage();
+      await login(page, app.url, 'admin', ADMIN_PW);
+      const apps = await page.evaluate(() => fetch('/api/v1/apps').then((r) => r.json()));
+      const xterm = apps.items.find((a) => a.name === 'XTerm');
+      // A short idle policy for the test (?idle=SECONDS): the warning comes at half of it.
+      await page.goto(`${app.url}/open/apps/${xterm.id}?idle=8`);
+      await firstFrame(page);
+      const banner = page.getByRole('alert').filter({ hasText: 'disconnects in' });
+      await banner.waitFor({ timeout: 8000 });
+      assert.match(await banner.innerText(), /disconnects in \d+ s/);
+      await page.keyboard.press('Shift');
+      await banner.waitFor({ state: 'hidden', timeout: 3000 });
+      await page.getByRole('heading', { name: 'Disconnected' }).waitFor({ timeout: 15000 });
+      await page.getByText('without input').waitFor();
+      await page.getByRole('button', { name: 'Reconnect' }).click();
+      await until(
+        () => page.locator('.desktop-page').getAttribute('data-phase'),
+        (p) => p === 'connected',
+        'connected again',
+      );
+      await firstFrame(page);
+      // Stop it from the desktop's own menu (Ctrl+Alt+Shift).
+      await page.keyboard.down('Control');
+      await page.keyboard.down('Alt');
+      await page.keyboard.down('Shift');
+      await page.keyboard.up('Shift');
+      await page.keyboard.up('Alt');
+      await page.keyboard.up('Control');
+      await page.getByRole('button', { name: 'Stop this desktop' }).click();
+      await page.getByText('This desktop was stopped.').waitFor({ timeout: 15000 });
+    },
+  ),
+);

@@ -66,11 +66,13 @@ export function Apps() {
       <h1>My apps</h1>
       <ErrorText error={error || loadError} />
       {data && items.length === 0 ? (
-        <p class="empty">
-          No apps yet. An admin makes apps in the Lifecycle pages and shares them with every user.
+        <p class="empty">No apps yet. An admin makes apps in the Lifecycle pages and shares them with every user.</p>
+      ) : null}
+      {!data && !loadError ? (
+        <p class="muted" aria-busy="true">
+          Loading your apps…
         </p>
       ) : null}
-      {!data && !loadError ? <p class="muted" aria-busy="true">Loading your apps…</p> : null}
       <ul class="app-grid" aria-label="Apps">
         {items.map((app) => {
           const inst = app.instance;
@@ -83,9 +85,7 @@ export function Apps() {
               </span>
               <div class="app-main">
                 <h2 class="app-name">{app.name}</h2>
-                <p class="app-state">
-                  {state ? <Badge state={state} /> : <span class="muted">Not running</span>}
-                </p>
+                <p class="app-state">{state ? <Badge state={state} /> : <span class="muted">Not running</span>}</p>
               </div>
               <div class="app-actions">
                 <button
@@ -108,8 +108,8 @@ export function Apps() {
         })}
       </ul>
       <p class="hint muted">
-        Each app opens in its own browser tab. In a desktop, press <kbd>Ctrl</kbd>+<kbd>Alt</kbd>+<kbd>Shift</kbd> for its
-        menu (clipboard, full screen, stop).
+        Each app opens in its own browser tab. In a desktop, press <kbd>Ctrl</kbd>+<kbd>Alt</kbd>+<kbd>Shift</kbd> for its menu (clipboard,
+        full screen, stop).
       </p>
     </section>
   );

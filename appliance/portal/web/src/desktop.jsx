@@ -38,7 +38,7 @@ export function Desktop({ open, instanceId }) {
           const r = await post(`/api/v1/${open.plural}/${encodeURIComponent(open.id)}/open`);
           if (!alive) return;
           performance.mark('daas-opened');
-          history.replaceState(null, "", `/desktop/${encodeURIComponent(r.instance.id)}${location.search}`);
+          history.replaceState(null, '', `/desktop/${encodeURIComponent(r.instance.id)}${location.search}`);
           remember(r.instance.id, null);
           setStage('waiting');
         } else {
@@ -47,7 +47,10 @@ export function Desktop({ open, instanceId }) {
           else {
             get(`/api/v1/instances/${encodeURIComponent(instanceId)}`)
               .then((i) => get(`/api/v1/apps/${encodeURIComponent(i.object_id)}`))
-              .then((o) => alive && setName(o.name), () => {});
+              .then(
+                (o) => alive && setName(o.name),
+                () => {},
+              );
           }
         }
       } catch (e) {
@@ -248,7 +251,8 @@ function overlayFor(stage, phase, remote, error) {
     };
   }
   if (phase === 'idle') return { title: 'Disconnected', text: remote.message, reconnect: 'Reconnect' };
-  if (phase === 'ended') return { title: remote.message === 'Stopping this desktop…' ? 'Stopping…' : 'Desktop closed', text: remote.message, alert: true };
+  if (phase === 'ended')
+    return { title: remote.message === 'Stopping this desktop…' ? 'Stopping…' : 'Desktop closed', text: remote.message, alert: true };
   if (phase === 'failed') return { title: 'Disconnected', text: remote.message, reconnect: 'Try again', alert: true };
   return null;
 }
@@ -296,12 +300,7 @@ function DesktopMenu({ name, remote, full, onFullscreen, onClose, onStop, sessio
       </div>
       <label>
         Clipboard
-        <textarea
-          rows={5}
-          value={clip}
-          onInput={(e) => setClip(e.currentTarget.value)}
-          aria-describedby="clip-help"
-        />
+        <textarea rows={5} value={clip} onInput={(e) => setClip(e.currentTarget.value)} aria-describedby="clip-help" />
       </label>
       <p id="clip-help" class="muted small">
         Text copied in the desktop appears here and in your clipboard. Edit it and press “Send to desktop” to paste it there.

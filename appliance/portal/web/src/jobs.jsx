@@ -18,7 +18,7 @@ const final = (s) => ['succeeded', 'failed', 'cancelled'].includes(s);
  * job's WebSocket (`/api/v1/jobs/{id}/logs/stream`). Reconnects the
  * stream (from the last line seen) if it drops before the job ends.
  */
-export function JobPanel({ id, title, onFinished, compact }) {
+export function JobPanel({ id, title, onFinished, compact, onHide }) {
   const [job, setJob] = useState(null);
   const [lines, setLines] = useState([]);
   const [error, setError] = useState(null);
@@ -101,6 +101,11 @@ export function JobPanel({ id, title, onFinished, compact }) {
           </button>
         ) : null}
         {compact ? <Link href={`/jobs/${id}`}>Details</Link> : null}
+        {onHide ? (
+          <button type="button" class="link small" onClick={onHide} aria-label={`Hide ${title || 'job'}`}>
+            Hide
+          </button>
+        ) : null}
       </div>
       <ErrorText error={error || act.error} />
       {job && job.error ? <p class="error">{job.error}</p> : null}
@@ -164,7 +169,9 @@ export function Jobs({ me }) {
               <tr key={j.id}>
                 <td>
                   <Link href={`/jobs/${j.id}`}>{jobKind(j.kind)}</Link>
-                  <div class="muted small">{j.object_id ? `object ${j.object_id.slice(0, 8)}` : j.instance_id ? `instance ${j.instance_id.slice(0, 8)}` : ''}</div>
+                  <div class="muted small">
+                    {j.object_id ? `object ${j.object_id.slice(0, 8)}` : j.instance_id ? `instance ${j.instance_id.slice(0, 8)}` : ''}
+                  </div>
                 </td>
                 <td>
                   <Badge state={j.state} />

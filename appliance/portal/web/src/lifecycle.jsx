@@ -9,7 +9,14 @@ import { Badge, Confirm, ErrorText, Link, Progress, Stepper, setTitle, usePoll, 
 
 export const PHASES = [
   { plural: 'baseimages', phase: 'baseimage', one: 'Baseimage', many: 'Baseimages', child: 'environments', transition: 'CloneTemplate' },
-  { plural: 'environments', phase: 'environment', one: 'Environment', many: 'Environments', child: 'deployments', transition: 'CreateSnapshot' },
+  {
+    plural: 'environments',
+    phase: 'environment',
+    one: 'Environment',
+    many: 'Environments',
+    child: 'deployments',
+    transition: 'CreateSnapshot',
+  },
   { plural: 'deployments', phase: 'deployment', one: 'Deployment', many: 'Deployments', child: 'apps', transition: 'RunApp' },
   { plural: 'apps', phase: 'app', one: 'App', many: 'Apps', child: null, transition: null },
 ];
@@ -106,12 +113,14 @@ export function Lifecycle({ me, plural }) {
       ) : null}
       <ErrorText error={error || act.error} />
       {jobs.map((j) => (
-        <div class="job-slot" key={j.id}>
-          <JobPanel id={j.id} title={j.title} compact onFinished={() => reload()} />
-          <button type="button" class="link small" onClick={() => setJobs((js) => js.filter((x) => x.id !== j.id))}>
-            Hide
-          </button>
-        </div>
+        <JobPanel
+          key={j.id}
+          id={j.id}
+          title={j.title}
+          compact
+          onFinished={() => reload()}
+          onHide={() => setJobs((js) => js.filter((x) => x.id !== j.id))}
+        />
       ))}
       <div class="table-wrap">
         <table class="objects">
@@ -159,32 +168,34 @@ export function Lifecycle({ me, plural }) {
                     <div class="muted">owner {mine ? 'you' : userName(o.owner_id)}</div>
                     {o.spec && o.spec.command && o.spec.command.length ? <div class="muted mono">{o.spec.command.join(' ')}</div> : null}
                   </td>
-                  <td class="actions-cell">
-                    {o.subphase === 'config_interactive' && o.status !== 'busy' && mine ? (
-                      <>
-                        <button type="button" class="primary small" onClick={() => action(o, 'open')}>
-                          Open desktop
+                  <td>
+                    <div class="actions-cell">
+                      {o.subphase === 'config_interactive' && o.status !== 'busy' && mine ? (
+                        <>
+                          <button type="button" class="primary small" onClick={() => action(o, 'open')}>
+                            Open desktop
+                          </button>
+                          <button type="button" class="small" onClick={() => action(o, 'finalize')}>
+                            Finalize
+                          </button>
+                        </>
+                      ) : null}
+                      {o.subphase === 'ready' && o.status !== 'failed' && child ? (
+                        <button type="button" class="small" onClick={() => setForm({ info: child, parent: o })}>
+                          New {child.one}
                         </button>
-                        <button type="button" class="small" onClick={() => action(o, 'finalize')}>
-                          Finalize
+                      ) : null}
+                      {o.status === 'failed' ? (
+                        <button type="button" class="small" onClick={() => action(o, 'retry')}>
+                          Retry
                         </button>
-                      </>
-                    ) : null}
-                    {o.subphase === 'ready' && o.status !== 'failed' && child ? (
-                      <button type="button" class="small" onClick={() => setForm({ info: child, parent: o })}>
-                        New {child.one}
-                      </button>
-                    ) : null}
-                    {o.status === 'failed' ? (
-                      <button type="button" class="small" onClick={() => action(o, 'retry')}>
-                        Retry
-                      </button>
-                    ) : null}
-                    {o.status !== 'busy' && (mine || admin) ? (
-                      <button type="button" class="small danger-text" onClick={() => action(o, 'delete')} aria-label={`Delete ${o.name}`}>
-                        Delete
-                      </button>
-                    ) : null}
+                      ) : null}
+                      {o.status !== 'busy' && (mine || admin) ? (
+                        <button type="button" class="small danger-text" onClick={() => action(o, 'delete')} aria-label={`Delete ${o.name}`}>
+                          Delete
+                        </button>
+                      ) : null}
+                    </div>
                   </td>
                 </tr>
               );

@@ -9,7 +9,7 @@ export function Login({ onLogin }) {
   const q = new URLSearchParams(location.search);
   const note = q.has('changed')
     ? 'Your password is changed. Log in with the new one.'
-    : q.has('next')
+    : q.has('expired')
       ? 'Your session has ended. Log in to go on where you were.'
       : 'Log in to open your apps.';
   useEffect(() => {

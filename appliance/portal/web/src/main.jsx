@@ -35,7 +35,7 @@ function App() {
     setUnauthorizedHandler(() => {
       setMe(null);
       const here = location.pathname + location.search;
-      if (!location.pathname.startsWith('/login')) navigate(`/login?next=${encodeURIComponent(here)}`, { replace: true });
+      if (!location.pathname.startsWith('/login')) navigate(`/login?expired=1&next=${encodeURIComponent(here)}`, { replace: true });
     });
     boot();
   }, []);
@@ -48,7 +48,8 @@ function App() {
       if (e.status === 401) {
         setMe(null);
         if (!location.pathname.startsWith('/login')) {
-          navigate(`/login?next=${encodeURIComponent(location.pathname + location.search)}`, { replace: true });
+          const here = location.pathname + location.search;
+          navigate(here === '/' ? '/login' : `/login?next=${encodeURIComponent(here)}`, { replace: true });
         }
       } else setBootError(e);
     }
@@ -97,7 +98,12 @@ function DesktopRoute({ path, me }) {
   useEffect(() => {
     loadDesktop().then(setMod, () => setError(new Error('The desktop view could not be loaded. Reload the page to try again.')));
   }, []);
-  if (error) return <main class="center-page"><ErrorText error={error} /></main>;
+  if (error)
+    return (
+      <main class="center-page">
+        <ErrorText error={error} />
+      </main>
+    );
   if (!mod) return <div class="desktop-page" aria-busy="true" />;
   const open = match('/open/:plural/:id', path);
   const desk = match('/desktop/:id', path);

@@ -10,7 +10,11 @@ export function ObjectForm({ me, info, parent, parentInfo, onClose, onCreated })
   const isBase = info.phase === 'baseimage';
   const isApp = info.phase === 'app';
   useEffect(() => {
-    if (isBase) get('/api/v1/backends').then((b) => setBackends(b.items), () => {});
+    if (isBase)
+      get('/api/v1/backends').then(
+        (b) => setBackends(b.items),
+        () => {},
+      );
   }, []);
 
   async function submit(e) {
@@ -50,8 +54,8 @@ export function ObjectForm({ me, info, parent, parentInfo, onClose, onCreated })
       <form class="object-form" onSubmit={submit}>
         {parent ? (
           <p class="muted">
-            {info.transition} makes a {info.one.toLowerCase()} from the ready {parentInfo.one.toLowerCase()} “{parent.name}”. Kind,
-            platform and backend are inherited.
+            {info.transition} makes a {info.one.toLowerCase()} from the ready {parentInfo.one.toLowerCase()} “{parent.name}”. Kind, platform
+            and backend are inherited.
           </p>
         ) : null}
         <label>
@@ -60,37 +64,37 @@ export function ObjectForm({ me, info, parent, parentInfo, onClose, onCreated })
         </label>
         {isBase ? (
           <div class="row">
-            <label>
-              Backend
-              <select name="backend">
+            <div class="field">
+              <label for="f-backend">Backend</label>
+              <select id="f-backend" name="backend">
                 {(backends.length ? backends.map((b) => b.kind) : ['local']).map((k) => (
                   <option value={k}>{k}</option>
                 ))}
               </select>
-            </label>
-            <label>
-              Kind
-              <select name="kind">
+            </div>
+            <div class="field">
+              <label for="f-kind">Kind</label>
+              <select id="f-kind" name="kind">
                 <option value="">backend default</option>
                 <option value="container">container</option>
                 <option value="vm">vm</option>
               </select>
-            </label>
-            <label>
-              Platform
-              <select name="platform">
+            </div>
+            <div class="field">
+              <label for="f-platform">Platform</label>
+              <select id="f-platform" name="platform">
                 <option value="linux">linux</option>
                 <option value="windows">windows</option>
                 <option value="linux-wine">linux-wine</option>
               </select>
-            </label>
-            <label>
-              Protocol
-              <select name="protocol">
+            </div>
+            <div class="field">
+              <label for="f-protocol">Protocol</label>
+              <select id="f-protocol" name="protocol">
                 <option value="vnc">vnc</option>
                 <option value="rdp">rdp</option>
               </select>
-            </label>
+            </div>
           </div>
         ) : null}
         {isBase ? (
@@ -138,7 +142,13 @@ export function ObjectForm({ me, info, parent, parentInfo, onClose, onCreated })
                   </label>
                   <label class="narrow-field">
                     Timeout (s)
-                    <input type="number" min="1" max="86400" value={x.timeout} onInput={(e) => setScript(i, 'timeout', e.currentTarget.value)} />
+                    <input
+                      type="number"
+                      min="1"
+                      max="86400"
+                      value={x.timeout}
+                      onInput={(e) => setScript(i, 'timeout', e.currentTarget.value)}
+                    />
                   </label>
                   <button type="button" class="small danger-text" onClick={() => setScripts((ss) => ss.filter((_, j) => j !== i))}>
                     Remove
@@ -154,8 +164,8 @@ export function ObjectForm({ me, info, parent, parentInfo, onClose, onCreated })
               Add script
             </button>
             <label class="check">
-              <input type="checkbox" name="interactive" /> Stop in interactive configuration, so I can configure it by hand in
-              its desktop before it is finalized
+              <input type="checkbox" name="interactive" /> Stop in interactive configuration, so I can configure it by hand in its desktop
+              before it is finalized
             </label>
           </fieldset>
         ) : null}

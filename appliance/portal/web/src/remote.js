@@ -423,7 +423,10 @@ export class RemoteSession {
     const warnAt = Math.max(this.idleSecs - IDLE_WARNING_SECS, this.idleSecs / 2);
     if (idle >= this.idleSecs) {
       const min = Math.round(this.idleSecs / 60);
-      this.disconnect('idle', `Disconnected after ${min >= 1 ? `${min} minute${min === 1 ? '' : 's'}` : `${this.idleSecs} seconds`} without input. Your desktop is still running.`);
+      this.disconnect(
+        'idle',
+        `Disconnected after ${min >= 1 ? `${min} minute${min === 1 ? '' : 's'}` : `${this.idleSecs} seconds`} without input. Your desktop is still running.`,
+      );
     } else if (idle >= warnAt) {
       this.set({ idleLeft: Math.ceil(this.idleSecs - idle) });
     } else if (this.state.idleLeft !== null) {

@@ -48,6 +48,7 @@ export function onLinkClick(e) {
 
 /** A safe place to go after login: a path of ours, never another site. */
 export function safeNext(next) {
-  if (typeof next === 'string' && next.startsWith('/') && !next.startsWith('//') && !next.startsWith('/\\') && !next.startsWith('/login')) return next;
+  if (typeof next === 'string' && next.startsWith('/') && !next.startsWith('//') && !next.startsWith('/\\') && !next.startsWith('/login'))
+    return next;
   return '/';
 }

@@ -63,15 +63,23 @@ export function Users({ me }) {
                 <td>{u.role}</td>
                 <td>{u.disabled ? <Badge state="failed">Disabled</Badge> : <Badge state="running">Active</Badge>}</td>
                 <td title={when(u.created_at)}>{ago(u.created_at)}</td>
-                <td class="actions-cell">
-                  {u.id !== me.id ? (
-                    <button type="button" class="small" disabled={act.busy} onClick={() => toggle(u)} aria-label={`${u.disabled ? 'Enable' : 'Disable'} ${u.name}`}>
-                      {u.disabled ? 'Enable' : 'Disable'}
+                <td>
+                  <div class="actions-cell">
+                    {u.id !== me.id ? (
+                      <button
+                        type="button"
+                        class="small"
+                        disabled={act.busy}
+                        onClick={() => toggle(u)}
+                        aria-label={`${u.disabled ? 'Enable' : 'Disable'} ${u.name}`}
+                      >
+                        {u.disabled ? 'Enable' : 'Disable'}
+                      </button>
+                    ) : null}
+                    <button type="button" class="small" onClick={() => setReset(u)} aria-label={`Reset the password of ${u.name}`}>
+                      Reset password
                     </button>
-                  ) : null}
-                  <button type="button" class="small" onClick={() => setReset(u)} aria-label={`Reset the password of ${u.name}`}>
-                    Reset password
-                  </button>
+                  </div>
                 </td>
               </tr>
             ))}
@@ -83,15 +91,22 @@ export function Users({ me }) {
         <div class="row">
           <label>
             User name
-            <input name="name" required maxLength={64} pattern="[A-Za-z0-9][A-Za-z0-9._@\-]*" title="Letters, digits and . _ - @, starting with a letter or digit" autocomplete="off" />
+            <input
+              name="name"
+              required
+              maxLength={64}
+              pattern="[A-Za-z0-9][A-Za-z0-9._@\-]*"
+              title="Letters, digits and . _ - @, starting with a letter or digit"
+              autocomplete="off"
+            />
           </label>
-          <label>
-            Role
-            <select name="role">
+          <div class="field">
+            <label for="f-role">Role</label>
+            <select id="f-role" name="role">
               <option value="user">user</option>
               <option value="admin">admin</option>
             </select>
-          </label>
+          </div>
           <label>
             Password (at least 8 characters)
             <input name="password" type="password" minLength={8} required autocomplete="new-password" />

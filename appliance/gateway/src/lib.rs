@@ -37,6 +37,7 @@
 //! See `docs/gateway.md` for the operator's view.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod builtin;
 mod error;

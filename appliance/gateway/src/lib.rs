@@ -64,8 +64,9 @@ pub use tunnel::{run_tunnel, TunnelEnd};
 pub const SUBPROTOCOL: &str = "guacamole";
 
 /// One WebSocket message, independent of the WebSocket library. The web layer
-/// maps its own message type to this one (see the crate docs of the
-/// appliance's web module, or `docs/gateway.md`).
+/// maps its own message type to this one (`docs/gateway.md` shows it for
+/// axum; `tests/support/ws.rs` for tokio-tungstenite). The WebSocket library
+/// answers WebSocket pings itself; the tunnel ignores `Ping` and `Pong`.
 #[derive(Clone, PartialEq, Eq)]
 pub enum WsMessage {
     /// A text message: what guacamole-common-js sends, and what the tunnel

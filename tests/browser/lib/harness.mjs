@@ -184,24 +184,46 @@ export async function login(page, url, username, password) {
   await page.getByRole('heading', { name: 'My apps' }).waitFor();
 }
 
-/** The largest canvas of the desktop: its size, distinct colours and a hash. */
+/**
+ * The remote desktop as drawn: its size (the display's, as guacamole-common-js
+ * knows it; its canvases are larger, in steps of 64 pixels), the distinct
+ * colours in it and a hash of its pixels.
+ */
 export function canvasInfo(page) {
   return page.evaluate(() => {
+    const d = window.daasDesktop || {};
     let best = null;
     for (const c of document.querySelectorAll('.desktop canvas')) {
       if (!best || c.width * c.height > best.width * best.height) best = c;
     }
-    if (!best || !best.width || !best.height) return { w: 0, h: 0, distinct: 0, hash: 0 };
-    const d = best.getContext('2d').getImageData(0, 0, best.width, best.height).data;
+    const w = Math.min(d.width || 0, best ? best.width : 0);
+    const h = Math.min(d.height || 0, best ? best.height : 0);
+    if (!w || !h) return { w: 0, h: 0, distinct: 0, hash: 0 };
+    const px = best.getContext('2d').getImageData(0, 0, w, h).data;
     const colours = new Set();
     let hash = 2166136261;
-    for (let i = 0; i < d.length; i += 4 * 3) {
-      const v = (d[i] << 16) | (d[i + 1] << 8) | d[i + 2];
+    for (let i = 0; i < px.length; i += 4 * 3) {
+      const v = (px[i] << 16) | (px[i + 1] << 8) | px[i + 2];
       if (colours.size < 1000) colours.add(v);
       hash = Math.imul(hash ^ v, 16777619) >>> 0;
     }
-    return { w: best.width, h: best.height, distinct: colours.size, hash };
+    return { w: d.width, h: d.height, distinct: colours.size, hash };
   });
+}
+
+/** Stops every live instance (a test starts from none). */
+export async function stopAll(a) {
+  const admin = await apiLogin(a.url, 'admin', ADMIN_PW);
+  const live = await admin.call('GET', '/api/v1/instances?all=true&active=true');
+  for (const i of live.body.items) {
+    if (i.state !== 'stopping') await admin.call('POST', `/api/v1/instances/${i.id}/stop`);
+  }
+  await until(
+    async () => (await admin.call('GET', '/api/v1/instances?all=true&active=true')).body.items.length,
+    (n) => n === 0,
+    'every instance to stop',
+    30000,
+  );
 }
 
 /** Waits until `check(value of probe())` holds; returns the last value. */
@@ -223,14 +245,9 @@ export async function openApp(page, name) {
   return tab;
 }
 
-/** Waits until the desktop tab shows a desktop (varied pixels). */
-export function firstFrame(tab, ms = 10000) {
-  return until(
-    () => canvasInfo(tab),
-    (c) => c.w > 0 && c.distinct > 2,
-    'a desktop on the canvas',
-    ms,
-  );
+/** Waits until the desktop tab shows a desktop: at least `minColours` colours. */
+export function firstFrame(tab, ms = 10000, minColours = 3) {
+  return until(() => canvasInfo(tab), (c) => c.w > 0 && c.distinct >= minColours, 'a desktop on the canvas', ms);
 }
 
 /** The instance's home on the local backend (files the desktop writes). */

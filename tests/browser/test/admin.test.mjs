@@ -1,6 +1,6 @@
 // An admin in the portal: a Baseimage through every phase to an App (live
 // job logs, the configuration desktop, finalize), users, open sessions.
-import { after, before, test } from 'node:test';
+import { after, before, beforeEach, test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   ADMIN_PW,
@@ -12,6 +12,7 @@ import {
   openApp,
   screenshotsOnFailure,
   startAppliance,
+  stopAll,
   until,
 } from '../lib/harness.mjs';
 
@@ -26,6 +27,10 @@ before(async () => {
   if (skip) return;
   app = await startAppliance({ extra: '[limits]\nenvironments_per_user = 3\n' });
   browser = await launch();
+});
+
+beforeEach(async () => {
+  if (app) await stopAll(app);
 });
 
 after(async () => {
@@ -93,7 +98,8 @@ test('a Baseimage through every phase to an App, from the portal alone', { skip 
       );
       const [tab] = await Promise.all([ctx.waitForEvent('page'), row.getByRole('button', { name: 'Open desktop' }).click()]);
       await tab.waitForURL(/\/desktop\//);
-      await firstFrame(tab, 15000);
+      // The configuration desktop: a plain xterm, black on white on black.
+      await firstFrame(tab, 15000, 2);
       await tab.getByRole('button', { name: 'Desktop menu' }).click();
       await tab.getByRole('button', { name: 'Stop this desktop' }).click();
       await tab.getByText('This desktop was stopped.').waitFor({ timeout: 15000 });
@@ -155,7 +161,7 @@ test('a Baseimage through every phase to an App, from the portal alone', { skip 
       await jobSucceeds(page, 'RunApp: app “Browser app”');
 
       // The App is in "My apps" and opens.
-      await page.getByRole('link', { name: 'My apps' }).click();
+      await page.getByRole('link', { name: 'My apps', exact: true }).click();
       const tab2 = await openApp(page, 'Browser app');
       await firstFrame(tab2, 10000);
       await tab2.close();

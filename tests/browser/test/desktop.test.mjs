@@ -1,7 +1,7 @@
 // An end user in the portal: log in, open the demo XTerm in its own tab,
 // see it, type, clipboard both ways with accents, resize, reconnect after a
 // dropped tunnel, the idle warning, stop.
-import { after, before, test } from 'node:test';
+import { after, before, beforeEach, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -19,6 +19,7 @@ import {
   screenshotsOnFailure,
   sleep,
   startAppliance,
+  stopAll,
   until,
 } from '../lib/harness.mjs';
 
@@ -33,6 +34,10 @@ before(async () => {
   if (skip) return;
   app = await startAppliance();
   browser = await launch();
+});
+
+beforeEach(async () => {
+  if (app) await stopAll(app);
 });
 
 after(async () => {
@@ -213,7 +218,7 @@ test('the idle warning counts down, input resets it, then the tab disconnects', 
       await firstFrame(page);
       const banner = page.getByRole('alert').filter({ hasText: 'disconnects in' });
       await banner.waitFor({ timeout: 8000 });
-      assert.match(await banner.innerText(), /disconnects in \d+ s/);
+      assert.match(await banner.innerText(), /disconnects in\s+\d+ s/);
       await page.keyboard.press('Shift');
       await banner.waitFor({ state: 'hidden', timeout: 3000 });
       await page.getByRole('heading', { name: 'Disconnected' }).waitFor({ timeout: 15000 });

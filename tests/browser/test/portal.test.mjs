@@ -1,9 +1,9 @@
 // The portal's edges: wrong password, a session that ends mid-use (back to
 // the login, no loop), the keyboard alone, a phone-sized screen, the
 // files and headers it is served with.
-import { after, before, test } from 'node:test';
+import { after, before, beforeEach, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ADMIN_PW, firstFrame, launch, login, missing, newContext, screenshotsOnFailure, sleep, startAppliance } from '../lib/harness.mjs';
+import { ADMIN_PW, firstFrame, launch, login, missing, newContext, screenshotsOnFailure, sleep, startAppliance, stopAll } from '../lib/harness.mjs';
 
 const skip = missing() || false;
 if (skip) console.error(`SKIPPED browser tests: ${skip}`);
@@ -16,6 +16,10 @@ before(async () => {
   if (skip) return;
   app = await startAppliance();
   browser = await launch();
+});
+
+beforeEach(async () => {
+  if (app) await stopAll(app);
 });
 
 after(async () => {

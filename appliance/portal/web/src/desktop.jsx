@@ -185,7 +185,9 @@ export function Desktop({ open, instanceId }) {
       ) : null}
       {remote && remote.idleLeft !== null && phase === 'connected' ? (
         <div class="banner idle" role="alert">
-          No input for a while: this desktop disconnects in <strong>{remote.idleLeft} s</strong>.{' '}
+          <span>
+            No input for a while: this desktop disconnects in <strong>{remote.idleLeft} s</strong>.
+          </span>
           <button type="button" class="small" onClick={() => session.current && session.current.activity()}>
             Stay connected
           </button>

@@ -9,6 +9,8 @@ export function ObjectForm({ me, info, parent, parentInfo, onClose, onCreated })
   const [scripts, setScripts] = useState([]);
   const isBase = info.phase === 'baseimage';
   const isApp = info.phase === 'app';
+  // The edge out of the parent's phase: CloneTemplate, CreateSnapshot, RunApp.
+  const transition = parentInfo ? parentInfo.transition : null;
   useEffect(() => {
     if (isBase)
       get('/api/v1/backends').then(
@@ -45,7 +47,7 @@ export function ObjectForm({ me, info, parent, parentInfo, onClose, onCreated })
     if (isApp) body.shared = f.get('shared') === 'on';
     const path = parent ? `/api/v1/${parentInfo.plural}/${parent.id}/${info.plural}` : `/api/v1/${info.plural}`;
     const r = await act.run(() => post(path, body));
-    if (r) onCreated(r, `${parent ? info.transition + ': ' : 'Create '}${info.one.toLowerCase()} “${body.name}”`);
+    if (r) onCreated(r, `${parent ? transition + ': ' : 'Create '}${info.one.toLowerCase()} “${body.name}”`);
   }
 
   const setScript = (i, k, v) => setScripts((ss) => ss.map((x, j) => (j === i ? { ...x, [k]: v } : x)));
@@ -54,8 +56,8 @@ export function ObjectForm({ me, info, parent, parentInfo, onClose, onCreated })
       <form class="object-form" onSubmit={submit}>
         {parent ? (
           <p class="muted">
-            {info.transition} makes a {info.one.toLowerCase()} from the ready {parentInfo.one.toLowerCase()} “{parent.name}”. Kind, platform
-            and backend are inherited.
+            {transition} makes {article(info.one)} from the ready {parentInfo.one} “{parent.name}”. Kind, platform and backend are
+            inherited.
           </p>
         ) : null}
         <label>
@@ -175,10 +177,12 @@ export function ObjectForm({ me, info, parent, parentInfo, onClose, onCreated })
             Cancel
           </button>
           <button type="submit" class="primary" disabled={act.busy}>
-            {act.busy ? 'Creating…' : parent ? info.transition : `Create ${info.one}`}
+            {act.busy ? 'Creating…' : parent ? transition : `Create ${info.one}`}
           </button>
         </div>
       </form>
     </Dialog>
   );
 }
+
+const article = (word) => (/^[AEIOU]/.test(word) ? `an ${word}` : `a ${word}`);

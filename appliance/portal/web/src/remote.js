@@ -145,6 +145,8 @@ export class RemoteSession {
     const el = display.getElement();
     el.classList.add('guac-display');
     display.onresize = (w, h) => {
+      this.stats.width = w;
+      this.stats.height = h;
       this.set({ width: w, height: h });
       this.rescale();
     };

@@ -171,12 +171,11 @@ impl ApiToken {
             }
             (Some(f), _) => f,
             (None, Some(c)) => c,
-            (None, None) => {
-                return Err(AuthError::Format {
-                    what: what(),
-                    reason: "the file holds only a secret: configure the token id (USER@REALM!TOKENID) too",
-                })
-            }
+            (None, None) => return Err(AuthError::Format {
+                what: what(),
+                reason:
+                    "the file holds only a secret: configure the token id (USER@REALM!TOKENID) too",
+            }),
         };
         Ok(ApiToken {
             id,

@@ -125,7 +125,9 @@ pub struct Params(Vec<(String, String)>);
 
 impl std::fmt::Debug for Params {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.0.iter().map(|(k, _)| k)).finish()
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| k))
+            .finish()
     }
 }
 
@@ -259,7 +261,10 @@ impl Client {
             ));
         }
         if base.host_str().is_none() || base.query().is_some() {
-            return Err(PveError::Config(format!("url {:?}: needs a host, no query", config.url)));
+            return Err(PveError::Config(format!(
+                "url {:?}: needs a host, no query",
+                config.url
+            )));
         }
         if !base.username().is_empty() || base.password().is_some() {
             return Err(PveError::Config(
@@ -372,7 +377,9 @@ impl Client {
         params: &Params,
         idempotency: Idempotency,
     ) -> Result<T, PveError> {
-        let env = self.call(method.clone(), segments, params, idempotency).await?;
+        let env = self
+            .call(method.clone(), segments, params, idempotency)
+            .await?;
         serde_json::from_value(env.data).map_err(|e| PveError::Protocol {
             method: method_str(&method),
             path: format!("/{}", segments.join("/")),
@@ -444,7 +451,13 @@ impl Client {
         Err(error_from(m, path, status, &reason, json.as_ref()))
     }
 
-    fn transport_error(&self, m: &'static str, path: &str, url: &Url, e: reqwest::Error) -> PveError {
+    fn transport_error(
+        &self,
+        m: &'static str,
+        path: &str,
+        url: &Url,
+        e: reqwest::Error,
+    ) -> PveError {
         if let Some(pin) = &self.inner.pin {
             if let Some(got) = pin.last_mismatch() {
                 if is_tls_failure(&e) {
@@ -569,13 +582,14 @@ impl Client {
         };
         let ticket = field("ticket")?;
         let csrf = field("CSRFPreventionToken")?;
-        let mut cookie = HeaderValue::from_str(&format!("PVEAuthCookie={ticket}")).map_err(|_| {
-            PveError::Protocol {
-                method: "POST",
-                path: path.into(),
-                detail: "unusable ticket".into(),
-            }
-        })?;
+        let mut cookie =
+            HeaderValue::from_str(&format!("PVEAuthCookie={ticket}")).map_err(|_| {
+                PveError::Protocol {
+                    method: "POST",
+                    path: path.into(),
+                    detail: "unusable ticket".into(),
+                }
+            })?;
         cookie.set_sensitive(true);
         let mut csrf = HeaderValue::from_str(&csrf).map_err(|_| PveError::Protocol {
             method: "POST",
@@ -654,7 +668,10 @@ fn error_from(
         .map(|o| {
             o.iter()
                 .map(|(k, v)| {
-                    let text = v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+                    let text = v
+                        .as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| v.to_string());
                     (k.clone(), text.trim_end().to_owned())
                 })
                 .collect()
@@ -719,7 +736,9 @@ mod tests {
             "/nodes/pve/qemu/100/config",
             StatusCode::BAD_REQUEST,
             "Parameter verification failed.",
-            Some(&serde_json::json!({"data": null, "errors": {"cores": "value must have a minimum value of 1\n"}})),
+            Some(
+                &serde_json::json!({"data": null, "errors": {"cores": "value must have a minimum value of 1\n"}}),
+            ),
         );
         assert_eq!(
             e.field_errors().unwrap()["cores"],
@@ -738,13 +757,27 @@ mod tests {
             "/x",
             StatusCode::INTERNAL_SERVER_ERROR,
             "ignored",
-            Some(&serde_json::json!({"data": null, "message": "Configuration file 'nodes/pve/qemu-server/1234.conf' does not exist\n"})),
+            Some(
+                &serde_json::json!({"data": null, "message": "Configuration file 'nodes/pve/qemu-server/1234.conf' does not exist\n"}),
+            ),
         );
         assert_eq!(e.kind(), ErrorKind::NotFound);
         assert!(e.to_string().ends_with("does not exist"));
-        let e = error_from("GET", "/x", StatusCode::from_u16(596).unwrap(), "Connection timed out", None);
+        let e = error_from(
+            "GET",
+            "/x",
+            StatusCode::from_u16(596).unwrap(),
+            "Connection timed out",
+            None,
+        );
         assert_eq!(e.kind(), ErrorKind::Unavailable);
-        let e = error_from("GET", "/x", StatusCode::UNAUTHORIZED, "invalid token value!", None);
+        let e = error_from(
+            "GET",
+            "/x",
+            StatusCode::UNAUTHORIZED,
+            "invalid token value!",
+            None,
+        );
         assert_eq!(e.kind(), ErrorKind::Unauthorized);
         let e = error_from(
             "PUT",
@@ -758,7 +791,10 @@ mod tests {
 
     #[test]
     fn params_do_not_print_values() {
-        let p = Params::new().str("password", "hunter2").bool("full", true).int("newid", 101);
+        let p = Params::new()
+            .str("password", "hunter2")
+            .bool("full", true)
+            .int("newid", 101);
         let dbg = format!("{p:?}");
         assert!(!dbg.contains("hunter2"));
         assert_eq!(p.pairs()[1], ("full".to_string(), "1".to_string()));

@@ -155,7 +155,7 @@ pub enum PveError {
     #[error("task {upid} failed: {exitstatus}")]
     TaskFailed {
         /// The task.
-        upid: Upid,
+        upid: Box<Upid>,
         /// Its exit status (the error message).
         exitstatus: String,
         /// The last lines of its log.
@@ -167,7 +167,7 @@ pub enum PveError {
     #[error("task {upid} did not finish within {timeout:?}")]
     TaskTimeout {
         /// The task.
-        upid: Upid,
+        upid: Box<Upid>,
         /// The limit.
         timeout: Duration,
     },

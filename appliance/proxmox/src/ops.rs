@@ -56,7 +56,8 @@ impl ConfigUpdate {
 impl Client {
     /// `GET /version`: also a cheap credentials check.
     pub async fn version(&self) -> Result<Version, PveError> {
-        self.call_data(GET, &["version"], &Params::new(), IDEM).await
+        self.call_data(GET, &["version"], &Params::new(), IDEM)
+            .await
     }
 
     /// `GET /nodes`.
@@ -111,8 +112,13 @@ impl Client {
     /// `GET /nodes/{node}/qemu/{vmid}/config`.
     pub async fn vm_config(&self, node: &str, vmid: Vmid) -> Result<VmConfig, PveError> {
         let id = vmid.to_string();
-        self.call_data(GET, &["nodes", node, "qemu", &id, "config"], &Params::new(), IDEM)
-            .await
+        self.call_data(
+            GET,
+            &["nodes", node, "qemu", &id, "config"],
+            &Params::new(),
+            IDEM,
+        )
+        .await
     }
 
     /// `PUT /nodes/{node}/qemu/{vmid}/config`: applied at once (a running
@@ -205,12 +211,22 @@ impl Client {
     /// `GET .../snapshot`: the snapshots and `current`.
     pub async fn snapshots(&self, node: &str, vmid: Vmid) -> Result<Vec<SnapshotInfo>, PveError> {
         let id = vmid.to_string();
-        self.call_data(GET, &["nodes", node, "qemu", &id, "snapshot"], &Params::new(), IDEM)
-            .await
+        self.call_data(
+            GET,
+            &["nodes", node, "qemu", &id, "snapshot"],
+            &Params::new(),
+            IDEM,
+        )
+        .await
     }
 
     /// `DELETE .../snapshot/{name}`.
-    pub async fn delete_snapshot(&self, node: &str, vmid: Vmid, name: &str) -> Result<Task, PveError> {
+    pub async fn delete_snapshot(
+        &self,
+        node: &str,
+        vmid: Vmid,
+        name: &str,
+    ) -> Result<Task, PveError> {
         let id = vmid.to_string();
         self.start_task(
             node,
@@ -326,7 +342,13 @@ impl Client {
             .bool("purge", true)
             .bool("destroy-unreferenced-disks", true);
         match self
-            .start_task(node, Method::DELETE, &["nodes", node, "qemu", &id], &p, IDEM)
+            .start_task(
+                node,
+                Method::DELETE,
+                &["nodes", node, "qemu", &id],
+                &p,
+                IDEM,
+            )
             .await
         {
             Ok(t) => Ok(Some(t)),
@@ -364,7 +386,14 @@ impl Client {
         let a: Answer = self
             .call_data(
                 GET,
-                &["nodes", node, "qemu", &id, "agent", "network-get-interfaces"],
+                &[
+                    "nodes",
+                    node,
+                    "qemu",
+                    &id,
+                    "agent",
+                    "network-get-interfaces",
+                ],
                 &Params::new(),
                 IDEM,
             )

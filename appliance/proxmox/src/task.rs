@@ -61,7 +61,7 @@ impl Task {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(PveError::TaskTimeout {
-                    upid: self.upid.clone(),
+                    upid: Box::new(self.upid.clone()),
                     timeout,
                 });
             }
@@ -92,7 +92,7 @@ impl Task {
             };
             let kind = classify(&exitstatus);
             return Err(PveError::TaskFailed {
-                upid: self.upid,
+                upid: Box::new(self.upid),
                 exitstatus,
                 log_tail,
                 kind,
@@ -177,7 +177,10 @@ impl Client {
         let limit = i64::try_from(lines.max(1)).unwrap_or(50);
         let read = |start: i64| {
             let params = Params::new().int("start", start).int("limit", limit);
-            async move { self.call(Method::GET, &segs, &params, Idempotency::Idempotent).await }
+            async move {
+                self.call(Method::GET, &segs, &params, Idempotency::Idempotent)
+                    .await
+            }
         };
         let mut env = read(0).await?;
         if let Some(total) = env.total {
@@ -186,11 +189,12 @@ impl Client {
                 env = read(total - limit).await?;
             }
         }
-        let lines: Vec<Line> = serde_json::from_value(env.data).map_err(|e| PveError::Protocol {
-            method: "GET",
-            path: format!("/{}", segs.join("/")),
-            detail: e.to_string(),
-        })?;
+        let lines: Vec<Line> =
+            serde_json::from_value(env.data).map_err(|e| PveError::Protocol {
+                method: "GET",
+                path: format!("/{}", segs.join("/")),
+                detail: e.to_string(),
+            })?;
         Ok(lines.into_iter().map(|l| l.t).collect())
     }
 }

@@ -173,8 +173,8 @@ pub enum TlsConfigError {
 pub(crate) fn client_config(
     trust: &TlsTrust,
 ) -> Result<(rustls::ClientConfig, Option<Arc<PinnedVerifier>>), TlsConfigError> {
-    let builder =
-        rustls::ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?;
     let (mut config, pin) = match trust {
         TlsTrust::Fingerprint(fp) => {
             let v = Arc::new(PinnedVerifier::new(*fp));
@@ -197,7 +197,10 @@ pub(crate) fn client_config(
                     .add(c)
                     .map_err(|e| TlsConfigError::Ca(e.to_string()))?;
             }
-            (builder.with_root_certificates(roots).with_no_client_auth(), None)
+            (
+                builder.with_root_certificates(roots).with_no_client_auth(),
+                None,
+            )
         }
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -177,7 +177,7 @@ impl FromStr for NetDevice {
 
 fn de_opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     Ok(match Option::<serde_json::Value>::deserialize(d)? {
-        Some(serde_json::Value::Number(n)) => n.as_u64().or_else(|| n.as_f64().map(|f| f as u64)),
+        Some(serde_json::Value::Number(n)) => n.as_u64(),
         Some(serde_json::Value::String(s)) => {
             // `memory` is a property string since PVE 8: `[current=]2048`.
             let s = s.strip_prefix("current=").unwrap_or(&s);
@@ -558,7 +558,10 @@ mod tests {
         assert_eq!(d.tag, Some(5));
         assert_eq!(d.other, vec![("mtu".into(), "1400".into())]);
         assert_eq!(
-            "model=virtio,macaddr=BC:24:11:00:00:03".parse::<NetDevice>().unwrap().mac,
+            "model=virtio,macaddr=BC:24:11:00:00:03"
+                .parse::<NetDevice>()
+                .unwrap()
+                .mac,
             Some("BC:24:11:00:00:03".parse().unwrap())
         );
         assert!("bridge=vmbr0".parse::<NetDevice>().is_err());

@@ -114,7 +114,10 @@ impl VmidAllocator {
                 return Err(PveError::VmidExhausted { attempts: checks });
             }
             {
-                let mut b = self.book.lock().map_err(|_| PveError::Config("poisoned".into()))?;
+                let mut b = self
+                    .book
+                    .lock()
+                    .map_err(|_| PveError::Config("poisoned".into()))?;
                 while b.busy(candidate) {
                     candidate = candidate.saturating_add(1);
                 }
@@ -161,7 +164,10 @@ impl VmidAllocator {
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                     // Someone else got it: skip it locally too.
                     lease.made();
-                    debug!(vmid, attempt, "VMID taken by another writer, trying the next");
+                    debug!(
+                        vmid,
+                        attempt, "VMID taken by another writer, trying the next"
+                    );
                     let wait = Duration::from_millis(20 + rand::random::<u64>() % 80);
                     tokio::time::sleep(wait).await;
                 }

@@ -103,8 +103,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -123,7 +122,9 @@ async fn main() -> anyhow::Result<()> {
             bail!("--template {t:?}: expected VMID:NAME:STORAGE");
         };
         config.vms.push(SimSeedVm {
-            vmid: vmid.parse().with_context(|| format!("--template {t:?}: VMID"))?,
+            vmid: vmid
+                .parse()
+                .with_context(|| format!("--template {t:?}: VMID"))?,
             node: args.nodes[0].clone(),
             name: (*name).to_owned(),
             storage: (*storage).to_owned(),

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::params::{
-    int, opt, req, s, validate, Fmt, Spec, Ty, BOOL, NODE, SNAPNAME, VMID,
+use super::params::{int, opt, req, s, validate, Fmt, Spec, Ty, BOOL, NODE, SNAPNAME, VMID};
+use super::world::{
+    ip_for, locked, no_config, now_secs, sleep, Shared, SimError, SimSnapshot, SimVm,
 };
-use super::world::{ip_for, locked, no_config, now_secs, sleep, Shared, SimError, SimSnapshot, SimVm};
 use super::Privileges;
 use crate::types::NetDevice;
 
@@ -214,7 +214,11 @@ pub(crate) async fn dispatch(
             Ok(json!(id.to_string()).into())
         }
         ("GET", ["cluster", "resources"]) => {
-            check(&[opt("type", Ty::Enum(&["vm", "storage", "node", "sdn"]))], &[], p)?;
+            check(
+                &[opt("type", Ty::Enum(&["vm", "storage", "node", "sdn"]))],
+                &[],
+                p,
+            )?;
             let ty = p.get("type").map(String::as_str);
             let mut out = Vec::new();
             if ty.is_none() || ty == Some("vm") {
@@ -247,9 +251,11 @@ pub(crate) async fn dispatch(
             if ty.is_none() || ty == Some("storage") {
                 for n in &sh.config.nodes {
                     for s in &sh.config.storages {
-                        out.push(json!({"id": format!("storage/{n}/{}", s.id), "type": "storage",
+                        out.push(
+                            json!({"id": format!("storage/{n}/{}", s.id), "type": "storage",
                                         "node": n, "storage": s.id, "status": "available",
-                                        "plugintype": s.kind, "shared": u8::from(s.shared)}));
+                                        "plugintype": s.kind, "shared": u8::from(s.shared)}),
+                        );
                     }
                 }
             }
@@ -298,7 +304,12 @@ pub(crate) async fn dispatch(
         }
         ("GET", ["nodes", node, "qemu", _, "config"]) => {
             check(
-                &[NODE, VMID, opt("current", BOOL), opt("snapshot", s(Fmt::ConfigId))],
+                &[
+                    NODE,
+                    VMID,
+                    opt("current", BOOL),
+                    opt("snapshot", s(Fmt::ConfigId)),
+                ],
                 &[],
                 p,
             )?;
@@ -310,15 +321,18 @@ pub(crate) async fn dispatch(
                     .snapshots
                     .get(snap)
                     .map(|s| s.config.clone())
-                    .ok_or_else(|| SimError::internal(format!("snapshot '{snap}' does not exist")))?,
+                    .ok_or_else(|| {
+                        SimError::internal(format!("snapshot '{snap}' does not exist"))
+                    })?,
                 None => vm.config.clone(),
             };
             let mut out = serde_json::Map::new();
             for (k, v) in &config {
                 let val = match k.as_str() {
-                    "cores" | "sockets" | "template" | "onboot" | "protection" => {
-                        v.parse::<u64>().map(Value::from).unwrap_or_else(|_| json!(v))
-                    }
+                    "cores" | "sockets" | "template" | "onboot" | "protection" => v
+                        .parse::<u64>()
+                        .map(Value::from)
+                        .unwrap_or_else(|_| json!(v)),
                     _ => json!(v),
                 };
                 out.insert(k.clone(), val);
@@ -467,7 +481,10 @@ pub(crate) async fn dispatch(
             }
             Ok(v.into())
         }
-        ("POST", ["nodes", node, "qemu", _, "status", action @ ("start" | "shutdown" | "stop")]) => {
+        (
+            "POST",
+            ["nodes", node, "qemu", _, "status", action @ ("start" | "shutdown" | "stop")],
+        ) => {
             let vmid = vmid_of(p);
             need(caller, &format!("/vms/{vmid}"), &["VM.PowerMgmt"])?;
             let specs: &[Spec] = match *action {
@@ -519,13 +536,22 @@ pub(crate) async fn dispatch(
             need(
                 caller,
                 &format!("/vms/{vmid}"),
-                &["VM.GuestAgent.Audit", "VM.GuestAgent.Unrestricted", "VM.Monitor"],
+                &[
+                    "VM.GuestAgent.Audit",
+                    "VM.GuestAgent.Unrestricted",
+                    "VM.Monitor",
+                ],
             )?;
             let vm = sh.vm(node, vmid)?;
             if !vm.running {
                 return Err(SimError::internal(format!("VM {vmid} is not running")).into());
             }
-            if vm.config.get("agent").map(|a| a.starts_with('1') || a.contains("enabled=1")) != Some(true) {
+            if vm
+                .config
+                .get("agent")
+                .map(|a| a.starts_with('1') || a.contains("enabled=1"))
+                != Some(true)
+            {
                 return Err(SimError::internal("No QEMU guest agent configured").into());
             }
             let mac = vm
@@ -533,8 +559,10 @@ pub(crate) async fn dispatch(
                 .get("net0")
                 .and_then(|n| n.parse::<NetDevice>().ok())
                 .and_then(|n| n.mac);
-            let mut ifaces = vec![json!({"name": "lo", "hardware-address": "00:00:00:00:00:00",
-                "ip-addresses": [{"ip-address": "127.0.0.1", "ip-address-type": "ipv4", "prefix": 8}]})];
+            let mut ifaces = vec![
+                json!({"name": "lo", "hardware-address": "00:00:00:00:00:00",
+                "ip-addresses": [{"ip-address": "127.0.0.1", "ip-address-type": "ipv4", "prefix": 8}]}),
+            ];
             if let Some(mac) = mac {
                 ifaces.push(json!({"name": "eth0", "hardware-address": mac.to_string().to_lowercase(),
                     "ip-addresses": [{"ip-address": ip_for(&mac), "ip-address-type": "ipv4", "prefix": 24}]}));
@@ -559,20 +587,30 @@ pub(crate) async fn dispatch(
                 return Err(SimError::internal(format!("VM {vmid} not running")).into());
             }
             let port = 5900 + (vmid % 100);
-            let upid = sh.spawn_task(node, "vncproxy", &vmid.to_string(), &caller.user, |_| async {
-                sleep(Duration::from_secs(10)).await;
-                Ok(())
-            });
+            let upid = sh.spawn_task(
+                node,
+                "vncproxy",
+                &vmid.to_string(),
+                &caller.user,
+                |_| async {
+                    sleep(Duration::from_secs(10)).await;
+                    Ok(())
+                },
+            );
             let ticket = format!("PVEVNC:{:08X}::{}", now_secs(), sh.random_hex(32));
-            Ok(json!({"port": port.to_string(), "ticket": ticket, "user": caller.user,
+            Ok(
+                json!({"port": port.to_string(), "ticket": ticket, "user": caller.user,
                       "cert": "(simulated)", "upid": upid.as_str()})
-            .into())
+                .into(),
+            )
         }
         ("GET", ["nodes", node, "tasks", upid, "status"]) => {
             check(&[NODE, req("upid", s(Fmt::Any))], &[], p)?;
             sh.check_node(node)?;
             if upid.parse::<crate::Upid>().is_err() {
-                return Err(SimError::internal(format!("unable to parse worker upid '{upid}'")).into());
+                return Err(
+                    SimError::internal(format!("unable to parse worker upid '{upid}'")).into(),
+                );
             }
             let w = sh.world();
             let t = w
@@ -750,110 +788,136 @@ fn clone(
     let shc = sh.clone();
     let dest_node = target.unwrap_or_else(|| node.to_owned());
     let node_s = node.to_owned();
-    let upid = sh.spawn_task(node, "qmclone", &vmid.to_string(), &caller.user, move |upid| async move {
-        let t = shc.timings().clone();
-        sleep(t.fork).await;
-        if inject {
-            sleep(t.clone / 2).await;
-            return Err(format!("clone failed: {INJECTED}"));
-        }
-        let _target_lock = shc
-            .flock(&format!("/var/lock/qemu-server/lock-{newid}.conf"))
-            .await?;
-        let volume = {
-            let mut w = shc.world();
-            let src = w
-                .vms
-                .get(&vmid)
-                .filter(|v| v.node == node_s)
-                .cloned()
-                .ok_or_else(|| no_config(&node_s, vmid).message)?;
-            if let Some(l) = &src.lock {
-                return Err(locked(l));
+    let upid = sh.spawn_task(
+        node,
+        "qmclone",
+        &vmid.to_string(),
+        &caller.user,
+        move |upid| async move {
+            let t = shc.timings().clone();
+            sleep(t.fork).await;
+            if inject {
+                sleep(t.clone / 2).await;
+                return Err(format!("clone failed: {INJECTED}"));
             }
-            if w.vms.contains_key(&newid) {
-                return Err(format!("unable to create VM {newid}: config file already exists"));
-            }
-            let mut config: BTreeMap<String, String> = src
-                .config
-                .iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "template" | "lock"))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            let volume = if full {
-                format!("{dest_store}:vm-{newid}-disk-0")
-            } else {
-                format!("{}:base-{vmid}-disk-0/vm-{newid}-disk-0", src.storage)
+            let _target_lock = shc
+                .flock(&format!("/var/lock/qemu-server/lock-{newid}.conf"))
+                .await?;
+            let volume = {
+                let mut w = shc.world();
+                let src = w
+                    .vms
+                    .get(&vmid)
+                    .filter(|v| v.node == node_s)
+                    .cloned()
+                    .ok_or_else(|| no_config(&node_s, vmid).message)?;
+                if let Some(l) = &src.lock {
+                    return Err(locked(l));
+                }
+                if w.vms.contains_key(&newid) {
+                    return Err(format!(
+                        "unable to create VM {newid}: config file already exists"
+                    ));
+                }
+                let mut config: BTreeMap<String, String> = src
+                    .config
+                    .iter()
+                    .filter(|(k, _)| !matches!(k.as_str(), "template" | "lock"))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let volume = if full {
+                    format!("{dest_store}:vm-{newid}-disk-0")
+                } else {
+                    format!("{}:base-{vmid}-disk-0/vm-{newid}-disk-0", src.storage)
+                };
+                config.insert("scsi0".into(), format!("{volume},iothread=1,size=16G"));
+                config.insert(
+                    "name".into(),
+                    name.clone()
+                        .unwrap_or_else(|| format!("Copy-of-VM-{}", src.name())),
+                );
+                if let Some(d) = &description {
+                    config.insert("description".into(), d.clone());
+                }
+                config.insert(
+                    "smbios1".into(),
+                    format!("uuid={}", uuid_like(&format!("{newid}-{}", now_secs()))),
+                );
+                w.vms.insert(
+                    newid,
+                    SimVm {
+                        vmid: newid,
+                        node: dest_node.clone(),
+                        template: false,
+                        running: false,
+                        lock: Some("clone".into()),
+                        config,
+                        snapshots: BTreeMap::new(),
+                        parent: None,
+                        storage: dest_store.clone(),
+                        linked_from: (!full).then_some(vmid),
+                        started: None,
+                        generation: 0,
+                    },
+                );
+                volume
             };
-            config.insert("scsi0".into(), format!("{volume},iothread=1,size=16G"));
-            config.insert(
-                "name".into(),
-                name.clone().unwrap_or_else(|| format!("Copy-of-VM-{}", src.name())),
+            // Every clone gets new MACs, as PVE does.
+            let mac = shc.new_mac();
+            if let Some(vm) = shc.world().vms.get_mut(&newid) {
+                if let Some(net) = vm
+                    .config
+                    .get("net0")
+                    .and_then(|n| n.parse::<NetDevice>().ok())
+                {
+                    let mut net = net;
+                    net.mac = Some(mac);
+                    vm.config.insert("net0".into(), net.to_string());
+                }
+            }
+            shc.task_log(
+                &upid,
+                format!(
+                    "create {} clone of drive scsi0 ({volume})",
+                    if full { "full" } else { "linked" }
+                ),
             );
-            if let Some(d) = &description {
-                config.insert("description".into(), d.clone());
+            let storage_lock = format!("/var/lock/pve-manager/pve-storage-{dest_store}");
+            let duration = if full { t.full_clone } else { t.clone };
+            match shc.flock(&storage_lock).await {
+                Ok(g) => {
+                    sleep(t.storage_lock_hold).await;
+                    drop(g);
+                }
+                Err(e) => {
+                    // PVE unlinks the new config when a clone fails.
+                    shc.world().vms.remove(&newid);
+                    return Err(format!("clone failed: {e}"));
+                }
             }
-            config.insert(
-                "smbios1".into(),
-                format!("uuid={}", uuid_like(&format!("{newid}-{}", now_secs()))),
-            );
-            w.vms.insert(
-                newid,
-                SimVm {
-                    vmid: newid,
-                    node: dest_node.clone(),
-                    template: false,
-                    running: false,
-                    lock: Some("clone".into()),
-                    config,
-                    snapshots: BTreeMap::new(),
-                    parent: None,
-                    storage: dest_store.clone(),
-                    linked_from: (!full).then_some(vmid),
-                    started: None,
-                    generation: 0,
-                },
-            );
-            volume
-        };
-        // Every clone gets new MACs, as PVE does.
-        let mac = shc.new_mac();
-        if let Some(vm) = shc.world().vms.get_mut(&newid) {
-            if let Some(net) = vm.config.get("net0").and_then(|n| n.parse::<NetDevice>().ok()) {
-                let mut net = net;
-                net.mac = Some(mac);
-                vm.config.insert("net0".into(), net.to_string());
+            sleep(duration.saturating_sub(t.storage_lock_hold)).await;
+            let mut w = shc.world();
+            if let Some(vm) = w.vms.get_mut(&newid) {
+                vm.lock = None;
+                vm.generation += 1;
             }
-        }
-        shc.task_log(&upid, format!("create {} clone of drive scsi0 ({volume})", if full { "full" } else { "linked" }));
-        let storage_lock = format!("/var/lock/pve-manager/pve-storage-{dest_store}");
-        let duration = if full { t.full_clone } else { t.clone };
-        match shc.flock(&storage_lock).await {
-            Ok(g) => {
-                sleep(t.storage_lock_hold).await;
-                drop(g);
-            }
-            Err(e) => {
-                // PVE unlinks the new config when a clone fails.
-                shc.world().vms.remove(&newid);
-                return Err(format!("clone failed: {e}"));
-            }
-        }
-        sleep(duration.saturating_sub(t.storage_lock_hold)).await;
-        let mut w = shc.world();
-        if let Some(vm) = w.vms.get_mut(&newid) {
-            vm.lock = None;
-            vm.generation += 1;
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
     Ok(json!(upid.as_str()).into())
 }
 
 fn uuid_like(seed: &str) -> String {
     use sha2::Digest;
     let h = hex::encode(sha2::Sha256::digest(seed.as_bytes()));
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 fn template(sh: &Arc<Shared>, caller: &Caller, node: &str, vmid: u32, inject: bool) -> R {
@@ -876,38 +940,44 @@ fn template(sh: &Arc<Shared>, caller: &Caller, node: &str, vmid: u32, inject: bo
     checks(&vm).map_err(SimError::internal)?;
     let shc = sh.clone();
     let node_s = node.to_owned();
-    let upid = sh.spawn_task(node, "qmtemplate", &vmid.to_string(), &caller.user, move |_| async move {
-        let t = shc.timings().clone();
-        sleep(t.fork).await;
-        if inject {
-            return Err(INJECTED.into());
-        }
-        let _g = shc
-            .flock(&format!("/var/lock/qemu-server/lock-{vmid}.conf"))
-            .await?;
-        {
-            let w = shc.world();
+    let upid = sh.spawn_task(
+        node,
+        "qmtemplate",
+        &vmid.to_string(),
+        &caller.user,
+        move |_| async move {
+            let t = shc.timings().clone();
+            sleep(t.fork).await;
+            if inject {
+                return Err(INJECTED.into());
+            }
+            let _g = shc
+                .flock(&format!("/var/lock/qemu-server/lock-{vmid}.conf"))
+                .await?;
+            {
+                let w = shc.world();
+                let vm = w
+                    .vms
+                    .get(&vmid)
+                    .filter(|v| v.node == node_s)
+                    .ok_or_else(|| no_config(&node_s, vmid).message)?;
+                checks(vm)?;
+            }
+            sleep(t.template).await;
+            let mut w = shc.world();
             let vm = w
                 .vms
-                .get(&vmid)
-                .filter(|v| v.node == node_s)
+                .get_mut(&vmid)
                 .ok_or_else(|| no_config(&node_s, vmid).message)?;
-            checks(vm)?;
-        }
-        sleep(t.template).await;
-        let mut w = shc.world();
-        let vm = w
-            .vms
-            .get_mut(&vmid)
-            .ok_or_else(|| no_config(&node_s, vmid).message)?;
-        vm.template = true;
-        vm.config.insert("template".into(), "1".into());
-        let vol = vm.disk_volume();
-        vm.config
-            .insert("scsi0".into(), format!("{vol},iothread=1,size=16G"));
-        vm.generation += 1;
-        Ok(())
-    });
+            vm.template = true;
+            vm.config.insert("template".into(), "1".into());
+            let vol = vm.disk_volume();
+            vm.config
+                .insert("scsi0".into(), format!("{vol},iothread=1,size=16G"));
+            vm.generation += 1;
+            Ok(())
+        },
+    );
     Ok(json!(upid.as_str()).into())
 }
 
@@ -921,73 +991,86 @@ fn snapshot(
 ) -> R {
     let name = p.get("snapname").cloned().unwrap_or_default();
     if name == "current" {
-        return Err(SimError::internal("unable to use snapshot name 'current' (reserved name)").into());
+        return Err(
+            SimError::internal("unable to use snapshot name 'current' (reserved name)").into(),
+        );
     }
     if name.eq_ignore_ascii_case("pending") {
-        return Err(SimError::internal("unable to use snapshot name 'pending' (reserved name)").into());
+        return Err(
+            SimError::internal("unable to use snapshot name 'pending' (reserved name)").into(),
+        );
     }
     sh.vm(node, vmid)?;
     let vmstate = flag(p, "vmstate");
     let description = p.get("description").cloned().unwrap_or_default();
     let shc = sh.clone();
     let node_s = node.to_owned();
-    let upid = sh.spawn_task(node, "qmsnapshot", &vmid.to_string(), &caller.user, move |upid| async move {
-        let t = shc.timings().clone();
-        sleep(t.fork).await;
-        let live = {
-            let _g = shc
-                .flock(&format!("/var/lock/qemu-server/lock-{vmid}.conf"))
-                .await?;
+    let upid = sh.spawn_task(
+        node,
+        "qmsnapshot",
+        &vmid.to_string(),
+        &caller.user,
+        move |upid| async move {
+            let t = shc.timings().clone();
+            sleep(t.fork).await;
+            let live = {
+                let _g = shc
+                    .flock(&format!("/var/lock/qemu-server/lock-{vmid}.conf"))
+                    .await?;
+                let mut w = shc.world();
+                let vm = w
+                    .vms
+                    .get_mut(&vmid)
+                    .filter(|v| v.node == node_s)
+                    .ok_or_else(|| no_config(&node_s, vmid).message)?;
+                if vm.template {
+                    return Err("you can't take a snapshot if it's a template".into());
+                }
+                if let Some(l) = &vm.lock {
+                    return Err(locked(l));
+                }
+                if vm.snapshots.contains_key(&name) {
+                    return Err(format!("snapshot name '{name}' already used"));
+                }
+                vm.lock = Some("snapshot".into());
+                vmstate && vm.running
+            };
+            if inject {
+                sleep(t.snapshot / 2).await;
+                if let Some(vm) = shc.world().vms.get_mut(&vmid) {
+                    vm.lock = None;
+                }
+                return Err(INJECTED.into());
+            }
+            if live {
+                shc.task_log(
+                    &upid,
+                    format!("saving VM state and RAM using storage '{}'", "local-lvm"),
+                );
+                sleep(t.snapshot_vmstate).await;
+            } else {
+                sleep(t.snapshot).await;
+            }
             let mut w = shc.world();
             let vm = w
                 .vms
                 .get_mut(&vmid)
-                .filter(|v| v.node == node_s)
                 .ok_or_else(|| no_config(&node_s, vmid).message)?;
-            if vm.template {
-                return Err("you can't take a snapshot if it's a template".into());
-            }
-            if let Some(l) = &vm.lock {
-                return Err(locked(l));
-            }
-            if vm.snapshots.contains_key(&name) {
-                return Err(format!("snapshot name '{name}' already used"));
-            }
-            vm.lock = Some("snapshot".into());
-            vmstate && vm.running
-        };
-        if inject {
-            sleep(t.snapshot / 2).await;
-            if let Some(vm) = shc.world().vms.get_mut(&vmid) {
-                vm.lock = None;
-            }
-            return Err(INJECTED.into());
-        }
-        if live {
-            shc.task_log(&upid, format!("saving VM state and RAM using storage '{}'", "local-lvm"));
-            sleep(t.snapshot_vmstate).await;
-        } else {
-            sleep(t.snapshot).await;
-        }
-        let mut w = shc.world();
-        let vm = w
-            .vms
-            .get_mut(&vmid)
-            .ok_or_else(|| no_config(&node_s, vmid).message)?;
-        let snap = SimSnapshot {
-            name: name.clone(),
-            description,
-            snaptime: now_secs(),
-            vmstate: live,
-            parent: vm.parent.clone(),
-            config: vm.config.clone(),
-        };
-        vm.snapshots.insert(name.clone(), snap);
-        vm.parent = Some(name);
-        vm.lock = None;
-        vm.generation += 1;
-        Ok(())
-    });
+            let snap = SimSnapshot {
+                name: name.clone(),
+                description,
+                snaptime: now_secs(),
+                vmstate: live,
+                parent: vm.parent.clone(),
+                config: vm.config.clone(),
+            };
+            vm.snapshots.insert(name.clone(), snap);
+            vm.parent = Some(name);
+            vm.lock = None;
+            vm.generation += 1;
+            Ok(())
+        },
+    );
     Ok(json!(upid.as_str()).into())
 }
 
@@ -1003,48 +1086,54 @@ fn delete_snapshot(
     let name = p.get("snapname").cloned().unwrap_or_default();
     let shc = sh.clone();
     let node_s = node.to_owned();
-    let upid = sh.spawn_task(node, "qmdelsnapshot", &vmid.to_string(), &caller.user, move |_| async move {
-        let t = shc.timings().clone();
-        sleep(t.fork).await;
-        if inject {
-            return Err(INJECTED.into());
-        }
-        {
-            let _g = shc
-                .flock(&format!("/var/lock/qemu-server/lock-{vmid}.conf"))
-                .await?;
-            let mut w = shc.world();
-            let vm = w
-                .vms
-                .get_mut(&vmid)
-                .filter(|v| v.node == node_s)
-                .ok_or_else(|| no_config(&node_s, vmid).message)?;
-            if let Some(l) = &vm.lock {
-                return Err(locked(l));
+    let upid = sh.spawn_task(
+        node,
+        "qmdelsnapshot",
+        &vmid.to_string(),
+        &caller.user,
+        move |_| async move {
+            let t = shc.timings().clone();
+            sleep(t.fork).await;
+            if inject {
+                return Err(INJECTED.into());
             }
-            if !vm.snapshots.contains_key(&name) {
-                return Err(format!("snapshot '{name}' does not exist"));
-            }
-            vm.lock = Some("snapshot-delete".into());
-        }
-        sleep(t.snapshot).await;
-        let mut w = shc.world();
-        if let Some(vm) = w.vms.get_mut(&vmid) {
-            let removed = vm.snapshots.remove(&name);
-            let grand = removed.and_then(|s| s.parent);
-            for s in vm.snapshots.values_mut() {
-                if s.parent.as_deref() == Some(name.as_str()) {
-                    s.parent = grand.clone();
+            {
+                let _g = shc
+                    .flock(&format!("/var/lock/qemu-server/lock-{vmid}.conf"))
+                    .await?;
+                let mut w = shc.world();
+                let vm = w
+                    .vms
+                    .get_mut(&vmid)
+                    .filter(|v| v.node == node_s)
+                    .ok_or_else(|| no_config(&node_s, vmid).message)?;
+                if let Some(l) = &vm.lock {
+                    return Err(locked(l));
                 }
+                if !vm.snapshots.contains_key(&name) {
+                    return Err(format!("snapshot '{name}' does not exist"));
+                }
+                vm.lock = Some("snapshot-delete".into());
             }
-            if vm.parent.as_deref() == Some(name.as_str()) {
-                vm.parent = grand;
+            sleep(t.snapshot).await;
+            let mut w = shc.world();
+            if let Some(vm) = w.vms.get_mut(&vmid) {
+                let removed = vm.snapshots.remove(&name);
+                let grand = removed.and_then(|s| s.parent);
+                for s in vm.snapshots.values_mut() {
+                    if s.parent.as_deref() == Some(name.as_str()) {
+                        s.parent = grand.clone();
+                    }
+                }
+                if vm.parent.as_deref() == Some(name.as_str()) {
+                    vm.parent = grand;
+                }
+                vm.lock = None;
+                vm.generation += 1;
             }
-            vm.lock = None;
-            vm.generation += 1;
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
     Ok(json!(upid.as_str()).into())
 }
 
@@ -1061,78 +1150,84 @@ fn rollback(
     let start = flag(p, "start");
     let shc = sh.clone();
     let node_s = node.to_owned();
-    let upid = sh.spawn_task(node, "qmrollback", &vmid.to_string(), &caller.user, move |upid| async move {
-        let t = shc.timings().clone();
-        sleep(t.fork).await;
-        let was_running = {
-            let _g = shc
-                .flock(&format!("/var/lock/qemu-server/lock-{vmid}.conf"))
-                .await?;
-            let mut w = shc.world();
-            let vm = w
-                .vms
-                .get_mut(&vmid)
-                .filter(|v| v.node == node_s)
-                .ok_or_else(|| no_config(&node_s, vmid).message)?;
-            if vm.template {
-                return Err("you can't rollback if vm is a template".into());
+    let upid = sh.spawn_task(
+        node,
+        "qmrollback",
+        &vmid.to_string(),
+        &caller.user,
+        move |upid| async move {
+            let t = shc.timings().clone();
+            sleep(t.fork).await;
+            let was_running = {
+                let _g = shc
+                    .flock(&format!("/var/lock/qemu-server/lock-{vmid}.conf"))
+                    .await?;
+                let mut w = shc.world();
+                let vm = w
+                    .vms
+                    .get_mut(&vmid)
+                    .filter(|v| v.node == node_s)
+                    .ok_or_else(|| no_config(&node_s, vmid).message)?;
+                if vm.template {
+                    return Err("you can't rollback if vm is a template".into());
+                }
+                if !vm.snapshots.contains_key(&name) {
+                    return Err(format!("snapshot '{name}' does not exist"));
+                }
+                if let Some(l) = &vm.lock {
+                    return Err(locked(l));
+                }
+                let was = vm.running;
+                vm.running = false;
+                vm.started = None;
+                vm.lock = Some("rollback".into());
+                was
+            };
+            if was_running {
+                shc.task_log(&upid, format!("stopping VM {vmid} for the rollback"));
             }
-            if !vm.snapshots.contains_key(&name) {
-                return Err(format!("snapshot '{name}' does not exist"));
+            if inject {
+                sleep(t.rollback / 2).await;
+                if let Some(vm) = shc.world().vms.get_mut(&vmid) {
+                    vm.lock = None;
+                }
+                return Err(INJECTED.into());
             }
-            if let Some(l) = &vm.lock {
-                return Err(locked(l));
-            }
-            let was = vm.running;
-            vm.running = false;
-            vm.started = None;
-            vm.lock = Some("rollback".into());
-            was
-        };
-        if was_running {
-            shc.task_log(&upid, format!("stopping VM {vmid} for the rollback"));
-        }
-        if inject {
-            sleep(t.rollback / 2).await;
-            if let Some(vm) = shc.world().vms.get_mut(&vmid) {
+            sleep(t.rollback).await;
+            let live = {
+                let mut w = shc.world();
+                let vm = w
+                    .vms
+                    .get_mut(&vmid)
+                    .ok_or_else(|| no_config(&node_s, vmid).message)?;
+                let snap = vm
+                    .snapshots
+                    .get(&name)
+                    .cloned()
+                    .ok_or_else(|| format!("snapshot '{name}' does not exist"))?;
+                vm.config = snap.config.clone();
+                vm.parent = Some(name.clone());
                 vm.lock = None;
+                vm.generation += 1;
+                if snap.vmstate {
+                    // The RAM state resumes: the VM runs again.
+                    vm.running = true;
+                    vm.started = Some(std::time::Instant::now());
+                }
+                snap.vmstate
+            };
+            if live {
+                shc.task_log(&upid, "resuming VM from the saved state");
+            } else if start {
+                sleep(t.start).await;
+                if let Some(vm) = shc.world().vms.get_mut(&vmid) {
+                    vm.running = true;
+                    vm.started = Some(std::time::Instant::now());
+                }
             }
-            return Err(INJECTED.into());
-        }
-        sleep(t.rollback).await;
-        let live = {
-            let mut w = shc.world();
-            let vm = w
-                .vms
-                .get_mut(&vmid)
-                .ok_or_else(|| no_config(&node_s, vmid).message)?;
-            let snap = vm
-                .snapshots
-                .get(&name)
-                .cloned()
-                .ok_or_else(|| format!("snapshot '{name}' does not exist"))?;
-            vm.config = snap.config.clone();
-            vm.parent = Some(name.clone());
-            vm.lock = None;
-            vm.generation += 1;
-            if snap.vmstate {
-                // The RAM state resumes: the VM runs again.
-                vm.running = true;
-                vm.started = Some(std::time::Instant::now());
-            }
-            snap.vmstate
-        };
-        if live {
-            shc.task_log(&upid, "resuming VM from the saved state");
-        } else if start {
-            sleep(t.start).await;
-            if let Some(vm) = shc.world().vms.get_mut(&vmid) {
-                vm.running = true;
-                vm.started = Some(std::time::Instant::now());
-            }
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
     Ok(json!(upid.as_str()).into())
 }
 
@@ -1159,71 +1254,77 @@ fn power(
     let action = action.to_owned();
     let shc = sh.clone();
     let node_s = node.to_owned();
-    let upid = sh.spawn_task(node, kind, &vmid.to_string(), &caller.user, move |upid| async move {
-        let t = shc.timings().clone();
-        sleep(t.fork).await;
-        // vm_start and vm_stop run under the VM's config file lock.
-        let _g = shc
-            .flock(&format!("/var/lock/qemu-server/lock-{vmid}.conf"))
-            .await?;
-        let running = {
-            let w = shc.world();
-            let vm = w
-                .vms
-                .get(&vmid)
-                .filter(|v| v.node == node_s)
-                .ok_or_else(|| no_config(&node_s, vmid).message)?;
-            if action == "start" && vm.template {
-                return Err("you can't start a vm if it's a template".into());
-            }
-            if action != "start" && !vm.running {
-                return Ok(());
-            }
-            if let Some(l) = &vm.lock {
-                return Err(locked(l));
-            }
-            vm.running
-        };
-        if inject {
-            return Err(INJECTED.into());
-        }
-        match action.as_str() {
-            "start" => {
-                if running {
-                    return Err(format!("VM {vmid} already running"));
+    let upid = sh.spawn_task(
+        node,
+        kind,
+        &vmid.to_string(),
+        &caller.user,
+        move |upid| async move {
+            let t = shc.timings().clone();
+            sleep(t.fork).await;
+            // vm_start and vm_stop run under the VM's config file lock.
+            let _g = shc
+                .flock(&format!("/var/lock/qemu-server/lock-{vmid}.conf"))
+                .await?;
+            let running = {
+                let w = shc.world();
+                let vm = w
+                    .vms
+                    .get(&vmid)
+                    .filter(|v| v.node == node_s)
+                    .ok_or_else(|| no_config(&node_s, vmid).message)?;
+                if action == "start" && vm.template {
+                    return Err("you can't start a vm if it's a template".into());
                 }
-                sleep(t.start).await;
-                if let Some(vm) = shc.world().vms.get_mut(&vmid) {
-                    vm.running = true;
-                    vm.started = Some(std::time::Instant::now());
+                if action != "start" && !vm.running {
+                    return Ok(());
                 }
+                if let Some(l) = &vm.lock {
+                    return Err(locked(l));
+                }
+                vm.running
+            };
+            if inject {
+                return Err(INJECTED.into());
             }
-            "shutdown" => {
-                let limit = timeout.unwrap_or(Duration::from_secs(60));
-                if t.shutdown <= limit {
-                    sleep(t.shutdown).await;
-                } else {
-                    sleep(limit).await;
-                    if !force {
-                        return Err("VM quit/powerdown failed - got timeout".into());
+            match action.as_str() {
+                "start" => {
+                    if running {
+                        return Err(format!("VM {vmid} already running"));
                     }
-                    shc.task_log(&upid, "VM still running - terminating now with SIGTERM");
+                    sleep(t.start).await;
+                    if let Some(vm) = shc.world().vms.get_mut(&vmid) {
+                        vm.running = true;
+                        vm.started = Some(std::time::Instant::now());
+                    }
                 }
-                if let Some(vm) = shc.world().vms.get_mut(&vmid) {
-                    vm.running = false;
-                    vm.started = None;
+                "shutdown" => {
+                    let limit = timeout.unwrap_or(Duration::from_secs(60));
+                    if t.shutdown <= limit {
+                        sleep(t.shutdown).await;
+                    } else {
+                        sleep(limit).await;
+                        if !force {
+                            return Err("VM quit/powerdown failed - got timeout".into());
+                        }
+                        shc.task_log(&upid, "VM still running - terminating now with SIGTERM");
+                    }
+                    if let Some(vm) = shc.world().vms.get_mut(&vmid) {
+                        vm.running = false;
+                        vm.started = None;
+                    }
+                }
+                _ => {
+                    sleep(t.stop).await;
+                    if let Some(vm) = shc.world().vms.get_mut(&vmid) {
+                        vm.running = false;
+                        vm.started = None;
+                    }
                 }
             }
-            _ => {
-                sleep(t.stop).await;
-                if let Some(vm) = shc.world().vms.get_mut(&vmid) {
-                    vm.running = false;
-                    vm.started = None;
-                }
-            }
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
     Ok(json!(upid.as_str()).into())
 }
 
@@ -1234,41 +1335,50 @@ fn destroy(sh: &Arc<Shared>, caller: &Caller, node: &str, vmid: u32, inject: boo
     }
     let shc = sh.clone();
     let node_s = node.to_owned();
-    let upid = sh.spawn_task(node, "qmdestroy", &vmid.to_string(), &caller.user, move |upid| async move {
-        let t = shc.timings().clone();
-        sleep(t.fork).await;
-        let _g = shc
-            .flock(&format!("/var/lock/qemu-server/lock-{vmid}.conf"))
-            .await?;
-        {
-            let mut w = shc.world();
-            let in_use = w.vms.values().any(|v| v.linked_from == Some(vmid));
-            let vm = w
-                .vms
-                .get_mut(&vmid)
-                .filter(|v| v.node == node_s)
-                .ok_or_else(|| no_config(&node_s, vmid).message)?;
-            if vm.running {
-                return Err(format!("VM {vmid} is running - destroy failed"));
+    let upid = sh.spawn_task(
+        node,
+        "qmdestroy",
+        &vmid.to_string(),
+        &caller.user,
+        move |upid| async move {
+            let t = shc.timings().clone();
+            sleep(t.fork).await;
+            let _g = shc
+                .flock(&format!("/var/lock/qemu-server/lock-{vmid}.conf"))
+                .await?;
+            {
+                let mut w = shc.world();
+                let in_use = w.vms.values().any(|v| v.linked_from == Some(vmid));
+                let vm = w
+                    .vms
+                    .get_mut(&vmid)
+                    .filter(|v| v.node == node_s)
+                    .ok_or_else(|| no_config(&node_s, vmid).message)?;
+                if vm.running {
+                    return Err(format!("VM {vmid} is running - destroy failed"));
+                }
+                if let Some(l) = &vm.lock {
+                    return Err(locked(l));
+                }
+                if vm.template && in_use {
+                    return Err(format!(
+                        "base volume '{}' is still in use by linked cloned",
+                        vm.disk_volume()
+                    ));
+                }
+                if inject {
+                    return Err(INJECTED.into());
+                }
+                vm.lock = Some("destroyed".into());
             }
-            if let Some(l) = &vm.lock {
-                return Err(locked(l));
-            }
-            if vm.template && in_use {
-                return Err(format!(
-                    "base volume '{}' is still in use by linked cloned",
-                    vm.disk_volume()
-                ));
-            }
-            if inject {
-                return Err(INJECTED.into());
-            }
-            vm.lock = Some("destroyed".into());
-        }
-        sleep(t.destroy).await;
-        shc.world().vms.remove(&vmid);
-        shc.task_log(&upid, format!("purging VM {vmid} from related configurations.."));
-        Ok(())
-    });
+            sleep(t.destroy).await;
+            shc.world().vms.remove(&vmid);
+            shc.task_log(
+                &upid,
+                format!("purging VM {vmid} from related configurations.."),
+            );
+            Ok(())
+        },
+    );
     Ok(json!(upid.as_str()).into())
 }

@@ -37,8 +37,8 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 use crate::tls::Fingerprint;
-pub use world::{SimSnapshot, SimTask, SimVm};
 use world::{Shared, TicketSession};
+pub use world::{SimSnapshot, SimTask, SimVm};
 
 /// What a token may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,7 +257,9 @@ fn one() -> u32 {
 
 impl ScriptedFault {
     fn matches(&self, method: &str, path: &str) -> bool {
-        self.method.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(method))
+        self.method
+            .as_deref()
+            .is_none_or(|m| m.eq_ignore_ascii_case(method))
             && path.contains(&self.path)
     }
 }
@@ -401,7 +403,11 @@ impl SimTls {
         ];
         let ca_key = rcgen::KeyPair::generate()?;
         let ca = ca_params.self_signed(&ca_key)?;
-        let mut all = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+        let mut all = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
         for n in names {
             if !all.contains(n) {
                 all.push(n.clone());
@@ -472,7 +478,9 @@ pub struct Simulator {
 
 impl std::fmt::Debug for Simulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Simulator").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("Simulator")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -486,11 +494,16 @@ impl Simulator {
         let (server_config, fingerprint) = tls.server_config()?;
         let listener = TcpListener::bind(listen)
             .await
-            .map_err(|source| SimStartError::Bind { addr: listen, source })?;
-        let addr = listener.local_addr().map_err(|source| SimStartError::Bind {
-            addr: listen,
-            source,
-        })?;
+            .map_err(|source| SimStartError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| SimStartError::Bind {
+                addr: listen,
+                source,
+            })?;
         let shared = Arc::new(Shared::new(config, fingerprint.to_string()));
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let (stop, stopped) = watch::channel(false);
@@ -597,13 +610,14 @@ async fn serve(
         let app = app.clone();
         let mut stop_conn = stopped.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                _ => {
-                    debug!(%peer, "TLS handshake failed");
-                    return;
-                }
-            };
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    _ => {
+                        debug!(%peer, "TLS handshake failed");
+                        return;
+                    }
+                };
             let svc = hyper_util::service::TowerToHyperService::new(app);
             let conn = builder.serve_connection(TokioIo::new(tls), svc);
             tokio::select! {
@@ -641,7 +655,13 @@ fn reply(status: u16, reason: &str, body: Option<Value>) -> Response {
         .next()
         .unwrap_or("")
         .chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect();
     if Some(line.as_str()) != status.canonical_reason() && !line.is_empty() {
         if let Ok(rp) = hyper::ext::ReasonPhrase::try_from(line.into_bytes()) {
@@ -668,7 +688,9 @@ fn params_reply(errors: &BTreeMap<String, String>) -> Response {
     reply(
         400,
         "Parameter verification failed.",
-        Some(json!({"data": null, "errors": errors, "message": "Parameter verification failed.\n"})),
+        Some(
+            json!({"data": null, "errors": errors, "message": "Parameter verification failed.\n"}),
+        ),
     )
 }
 
@@ -841,7 +863,16 @@ async fn handle(State(sh): State<Arc<Shared>>, req: Request) -> Response {
         }
         seq
     };
-    let (resp, auth, data, fault) = api_call(&sh, &method, &segs, &path, &parts.headers, query_pairs, body_pairs).await;
+    let (resp, auth, data, fault) = api_call(
+        &sh,
+        &method,
+        &segs,
+        &path,
+        &parts.headers,
+        query_pairs,
+        body_pairs,
+    )
+    .await;
     let mut w = sh.world();
     if let Some(r) = w.requests.iter_mut().rev().find(|r| r.seq == seq) {
         r.status = resp.status().as_u16();
@@ -872,7 +903,12 @@ async fn api_call(
             return (reply(595, "Connection refused", None), "none", None, fault)
         }
         Some(FaultKind::Timeout596) => {
-            return (reply(596, "Connection timed out", None), "none", None, fault)
+            return (
+                reply(596, "Connection timed out", None),
+                "none",
+                None,
+                fault,
+            )
         }
         Some(FaultKind::Hang) => tokio::time::sleep(sh.config.faults.hang).await,
         _ => {}
@@ -898,7 +934,12 @@ async fn api_call(
             .any(|u| u.userid == userid && constant_eq(u.password.as_bytes(), pass.as_bytes()));
         if !ok {
             tokio::time::sleep(sh.config.unauthorized_delay).await;
-            return (reply(401, "authentication failure", None), "none", None, fault);
+            return (
+                reply(401, "authentication failure", None),
+                "none",
+                None,
+                fault,
+            );
         }
         let ticket = format!(
             "PVE:{userid}:{:08X}::{}",
@@ -973,7 +1014,12 @@ async fn api_call(
         Err(api::Fail::Error(e)) => (error_reply(e.status, &e.message), None),
     };
     if fault == Some(FaultKind::Lost596) {
-        return (reply(596, "Connection timed out", None), auth_kind, None, fault);
+        return (
+            reply(596, "Connection timed out", None),
+            auth_kind,
+            None,
+            fault,
+        );
     }
     (resp, auth_kind, data, fault)
 }
@@ -986,7 +1032,13 @@ struct FaultRequest {
     scripted: Option<ScriptedFault>,
 }
 
-fn sim_endpoint(sh: &Shared, method: &str, what: &str, headers: &HeaderMap, body: &[u8]) -> Response {
+fn sim_endpoint(
+    sh: &Shared,
+    method: &str,
+    what: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
     match authenticate(sh, headers) {
         Ok(Auth::Token(_)) | Ok(Auth::Ticket(..)) => {}
         _ => return reply(401, "No ticket", None),
@@ -1050,8 +1102,7 @@ mod tests {
         assert_eq!("595".parse::<FaultKind>().unwrap(), FaultKind::Refused595);
         assert_eq!("task".parse::<FaultKind>().unwrap(), FaultKind::TaskFail);
         assert!("nope".parse::<FaultKind>().is_err());
-        let f: ScriptedFault =
-            serde_json::from_str(r#"{"path":"/clone","kind":"lost"}"#).unwrap();
+        let f: ScriptedFault = serde_json::from_str(r#"{"path":"/clone","kind":"lost"}"#).unwrap();
         assert_eq!(f.count, 1);
         assert!(f.matches("POST", "/nodes/pve/qemu/9000/clone"));
     }

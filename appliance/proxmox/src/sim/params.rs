@@ -95,8 +95,7 @@ fn is_config_id(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() >= 2
         && b[0].is_ascii_alphabetic()
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
 }
 
@@ -104,8 +103,7 @@ fn is_tag(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'+' | b'.'))
 }
 
@@ -141,12 +139,13 @@ fn check_format(fmt: Fmt, v: &str) -> Result<(), String> {
         Fmt::StorageId | Fmt::PoolId => {
             let b = v.as_bytes();
             if b.len() < 2 {
-                return Err(format!("storage ID '{v}' cannot be shorter than 2 characters\n"));
+                return Err(format!(
+                    "storage ID '{v}' cannot be shorter than 2 characters\n"
+                ));
             }
             let ok = b[0].is_ascii_alphabetic()
                 && b[b.len() - 1].is_ascii_alphanumeric()
-                && b
-                    .iter()
+                && b.iter()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
             if ok {
                 Ok(())
@@ -155,15 +154,17 @@ fn check_format(fmt: Fmt, v: &str) -> Result<(), String> {
             }
         }
         Fmt::TagList => {
-            if v.split([';', ',', ' ']).filter(|t| !t.is_empty()).all(is_tag) {
+            if v.split([';', ',', ' '])
+                .filter(|t| !t.is_empty())
+                .all(is_tag)
+            {
                 Ok(())
             } else {
                 Err("invalid characters in tag\n".into())
             }
         }
         Fmt::ConfigIdList => {
-            if v
-                .split([';', ',', ' '])
+            if v.split([';', ',', ' '])
                 .filter(|t| !t.is_empty())
                 .all(is_config_id)
             {
@@ -177,7 +178,9 @@ fn check_format(fmt: Fmt, v: &str) -> Result<(), String> {
             let n = v.strip_prefix("current=").unwrap_or(v);
             match n.parse::<i64>() {
                 Ok(n) if n >= 16 => Ok(()),
-                Ok(_) => Err("format error\ncurrent: value must have a minimum value of 16\n".into()),
+                Ok(_) => {
+                    Err("format error\ncurrent: value must have a minimum value of 16\n".into())
+                }
                 Err(_) => Err(format!(
                     "format error\ncurrent: type check ('integer') failed - got '{n}'\n"
                 )),
@@ -227,19 +230,25 @@ fn check_net(v: &str) -> Result<(), String> {
         match k {
             "model" => {
                 if !NIC_MODELS.contains(&val) {
-                    return Err(format!("model: value '{val}' does not have a value in the enumeration"));
+                    return Err(format!(
+                        "model: value '{val}' does not have a value in the enumeration"
+                    ));
                 }
                 model = true;
             }
             m if NIC_MODELS.contains(&m) => {
                 if !is_mac(val) {
-                    return Err("macaddr: value does not look like a valid unicast MAC address".into());
+                    return Err(
+                        "macaddr: value does not look like a valid unicast MAC address".into(),
+                    );
                 }
                 model = true;
             }
             "macaddr" => {
                 if !is_mac(val) {
-                    return Err("macaddr: value does not look like a valid unicast MAC address".into());
+                    return Err(
+                        "macaddr: value does not look like a valid unicast MAC address".into(),
+                    );
                 }
             }
             "bridge" => {
@@ -288,7 +297,8 @@ fn check_value(ty: Ty, v: &str) -> Result<(), String> {
                 if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
                     return Err(format!("type check ('integer') failed - got '{v}'"));
                 }
-                t.parse().map_err(|_| format!("type check ('integer') failed - got '{v}'"))?
+                t.parse()
+                    .map_err(|_| format!("type check ('integer') failed - got '{v}'"))?
             };
             if let Some(max) = max {
                 if n > max {
@@ -353,8 +363,9 @@ pub(crate) fn validate(
             continue;
         }
         let idx = indexed.iter().find(|(prefix, _)| {
-            k.strip_prefix(prefix)
-                .is_some_and(|n| !n.is_empty() && n.len() <= 2 && n.bytes().all(|c| c.is_ascii_digit()))
+            k.strip_prefix(prefix).is_some_and(|n| {
+                !n.is_empty() && n.len() <= 2 && n.bytes().all(|c| c.is_ascii_digit())
+            })
         });
         match idx {
             Some((_, ty)) => {

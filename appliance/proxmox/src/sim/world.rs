@@ -303,9 +303,8 @@ impl Shared {
         if w.rng.gen_bool(rate.clamp(0.0, 1.0)) {
             let k = kinds[w.rng.gen_range(0..kinds.len())];
             // Task failures only make sense for calls that start tasks.
-            let starts_task = method != "GET"
-                && !path.ends_with("/config")
-                && !path.starts_with("/access/");
+            let starts_task =
+                method != "GET" && !path.ends_with("/config") && !path.starts_with("/access/");
             if k == FaultKind::TaskFail && !starts_task {
                 return None;
             }

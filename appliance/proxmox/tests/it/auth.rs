@@ -87,14 +87,25 @@ async fn ticket_auth_for_what_only_root_may_do() {
         args: Some("-no-reboot".into()),
         ..ConfigUpdate::default()
     };
-    let e = token.update_vm_config(NODE, vmid, &update).await.unwrap_err();
+    let e = token
+        .update_vm_config(NODE, vmid, &update)
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
-    assert!(e.to_string().contains("only root can set 'args' config"), "{e}");
+    assert!(
+        e.to_string().contains("only root can set 'args' config"),
+        "{e}"
+    );
     // ...the ticket login works, reads and writes (with the CSRF token).
     root.update_vm_config(NODE, vmid, &update).await.unwrap();
     let cfg = root.vm_config(NODE, vmid).await.unwrap();
     assert_eq!(cfg.raw["args"], "-no-reboot");
-    root.stop_vm(NODE, vmid).await.unwrap().wait().await.unwrap();
+    root.stop_vm(NODE, vmid)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
     let tickets: Vec<_> = env
         .sim
         .requests()
@@ -139,7 +150,8 @@ async fn a_missing_privilege_is_403() {
     let e = c.clone_vm(&linked(150, "nope")).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
     assert!(
-        e.to_string().contains("Permission check failed (/vms/9000, VM.Clone)"),
+        e.to_string()
+            .contains("Permission check failed (/vms/9000, VM.Clone)"),
         "{e}"
     );
     let e = c.destroy_vm(NODE, TEMPLATE).await.unwrap_err();

@@ -22,7 +22,10 @@ async fn a_locked_vm_is_reported_as_locked() {
                 break;
             }
         }
-        assert!(std::time::Instant::now() < deadline, "the clone never showed its lock");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clone never showed its lock"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Calls that check the config lock without waiting for the clone's
@@ -31,29 +34,60 @@ async fn a_locked_vm_is_reported_as_locked() {
     assert_eq!(e.kind(), ErrorKind::Locked, "{e}");
     assert!(e.is_transient());
     assert!(e.to_string().contains("VM is locked (clone)"), "{e}");
-    let e = c.clone_vm(&CloneRequest { vmid: 321, ..linked(322, "of-locked") }).await.unwrap_err();
+    let e = c
+        .clone_vm(&CloneRequest {
+            vmid: 321,
+            ..linked(322, "of-locked")
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Locked, "{e}");
     // A config change waits for the clone's file lock (PVE holds it for
     // the whole clone), then applies.
-    c.update_vm_config(NODE, 321, &ConfigUpdate { cores: Some(2), ..ConfigUpdate::default() })
-        .await
-        .unwrap();
+    c.update_vm_config(
+        NODE,
+        321,
+        &ConfigUpdate {
+            cores: Some(2),
+            ..ConfigUpdate::default()
+        },
+    )
+    .await
+    .unwrap();
     task.wait().await.unwrap();
 
     // A live snapshot holds `lock: snapshot`.
     c.start_vm(NODE, 321).await.unwrap().wait().await.unwrap();
-    let snap = c.create_snapshot(NODE, 321, "live", true, None).await.unwrap();
+    let snap = c
+        .create_snapshot(NODE, 321, "live", true, None)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let e = c
-        .update_vm_config(NODE, 321, &ConfigUpdate { cores: Some(2), ..ConfigUpdate::default() })
+        .update_vm_config(
+            NODE,
+            321,
+            &ConfigUpdate {
+                cores: Some(2),
+                ..ConfigUpdate::default()
+            },
+        )
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Locked, "{e}");
     assert!(e.to_string().contains("(snapshot)"), "{e}");
     // A task started meanwhile fails with the same reason.
-    let e = c.stop_vm(NODE, 321).await.unwrap().wait().await.unwrap_err();
+    let e = c
+        .stop_vm(NODE, 321)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap_err();
     match &e {
-        PveError::TaskFailed { exitstatus, kind, .. } => {
+        PveError::TaskFailed {
+            exitstatus, kind, ..
+        } => {
             assert_eq!(exitstatus, "VM is locked (snapshot)");
             assert_eq!(*kind, ErrorKind::Locked);
         }
@@ -61,9 +95,16 @@ async fn a_locked_vm_is_reported_as_locked() {
     }
     snap.wait().await.unwrap();
     // Once the task ended, the same call works.
-    c.update_vm_config(NODE, 321, &ConfigUpdate { cores: Some(2), ..ConfigUpdate::default() })
-        .await
-        .unwrap();
+    c.update_vm_config(
+        NODE,
+        321,
+        &ConfigUpdate {
+            cores: Some(2),
+            ..ConfigUpdate::default()
+        },
+    )
+    .await
+    .unwrap();
     remove_vm(&c, 321).await.unwrap();
     env.finish().await;
 }
@@ -79,14 +120,33 @@ async fn a_missing_vm_is_not_found() {
             .contains("Configuration file 'nodes/pve/qemu-server/4242.conf' does not exist"),
         "{e}"
     );
-    assert_eq!(c.vm_status(NODE, 4242).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        c.vm_status(NODE, 4242).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     assert!(c.destroy_vm(NODE, 4242).await.unwrap().is_none());
     // A rollback checks in its worker: the task fails with the same text.
-    let e = c.rollback(NODE, 4242, "root", false).await.unwrap().wait().await.unwrap_err();
+    let e = c
+        .rollback(NODE, 4242, "root", false)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     // A snapshot that does not exist.
-    let e = c.rollback(NODE, TEMPLATE, "nope", false).await.unwrap().wait().await.unwrap_err();
-    assert!(e.to_string().contains("you can't rollback if vm is a template"), "{e}");
+    let e = c
+        .rollback(NODE, TEMPLATE, "nope", false)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("you can't rollback if vm is a template"),
+        "{e}"
+    );
     env.finish().await;
 }
 
@@ -110,13 +170,23 @@ async fn validation_errors_come_per_field() {
         fields["name"],
         "invalid format - value does not look like a valid DNS name"
     );
-    assert!(fields["memory"].contains("minimum value of 16"), "{fields:?}");
-    assert!(e.to_string().contains("cores: value must have a minimum value of 1"), "{e}");
+    assert!(
+        fields["memory"].contains("minimum value of 16"),
+        "{fields:?}"
+    );
+    assert!(
+        e.to_string()
+            .contains("cores: value must have a minimum value of 1"),
+        "{e}"
+    );
     // Nothing was applied.
     let cfg = c.vm_config(NODE, vmid).await.unwrap();
     assert_eq!(cfg.name.as_deref(), Some("valid"));
     // A snapshot name PVE refuses.
-    let e = c.create_snapshot(NODE, vmid, "1-starts-with-a-digit", false, None).await.unwrap_err();
+    let e = c
+        .create_snapshot(NODE, vmid, "1-starts-with-a-digit", false, None)
+        .await
+        .unwrap_err();
     assert!(e.field_errors().unwrap().contains_key("snapname"), "{e}");
     remove_vm(&c, vmid).await.unwrap();
     // The schema check flags exactly these requests.
@@ -170,20 +240,45 @@ async fn a_failed_task_reports_exitstatus_and_log() {
     assert_eq!(task.upid().node, NODE);
     let e = task.wait().await.unwrap_err();
     match &e {
-        PveError::TaskFailed { exitstatus, log_tail, kind, .. } => {
+        PveError::TaskFailed {
+            exitstatus,
+            log_tail,
+            kind,
+            ..
+        } => {
             assert!(exitstatus.starts_with("clone failed: "), "{exitstatus}");
-            assert_eq!(log_tail.last().unwrap(), &format!("TASK ERROR: {exitstatus}"));
+            assert_eq!(
+                log_tail.last().unwrap(),
+                &format!("TASK ERROR: {exitstatus}")
+            );
             assert_eq!(*kind, ErrorKind::Other);
         }
         other => panic!("{other:?}"),
     }
-    assert!(c.vm_config(NODE, 600).await.is_err(), "a failed clone leaves no VM");
+    assert!(
+        c.vm_config(NODE, 600).await.is_err(),
+        "a failed clone leaves no VM"
+    );
 
     // A task that fails on its own: starting a running VM.
-    c.clone_vm(&linked(601, "twice")).await.unwrap().wait().await.unwrap();
+    c.clone_vm(&linked(601, "twice"))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
     c.start_vm(NODE, 601).await.unwrap().wait().await.unwrap();
-    let e = c.start_vm(NODE, 601).await.unwrap().wait().await.unwrap_err();
-    assert!(e.to_string().ends_with("failed: VM 601 already running"), "{e}");
+    let e = c
+        .start_vm(NODE, 601)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().ends_with("failed: VM 601 already running"),
+        "{e}"
+    );
     // A shutdown the guest does not finish in time fails without forceStop
     // and succeeds with it.
     let e = c
@@ -193,7 +288,11 @@ async fn a_failed_task_reports_exitstatus_and_log() {
         .wait()
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("VM quit/powerdown failed - got timeout"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("VM quit/powerdown failed - got timeout"),
+        "{e}"
+    );
     c.shutdown_vm(NODE, 601, Some(Duration::ZERO), true)
         .await
         .unwrap()
@@ -204,7 +303,14 @@ async fn a_failed_task_reports_exitstatus_and_log() {
     remove_vm(&c, 601).await.unwrap();
 
     // The log tail is the end of a long log.
-    let upid = c.clone_vm(&linked(602, "logs")).await.unwrap().wait().await.unwrap().upid;
+    let upid = c
+        .clone_vm(&linked(602, "logs"))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap()
+        .upid;
     let tail = c.task_log_tail(&upid, 1).await.unwrap();
     assert_eq!(tail, vec!["TASK OK".to_string()]);
     remove_vm(&c, 602).await.unwrap();

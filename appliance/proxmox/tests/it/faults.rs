@@ -13,7 +13,11 @@ const PREFIX: &str = "flt-";
 
 /// One Environment → Deployment → App → delete flow. Returns the steps
 /// done, or the step that failed and its error.
-async fn flow(c: Client, vmids: VmidAllocator, i: usize) -> Result<usize, (&'static str, PveError)> {
+async fn flow(
+    c: Client,
+    vmids: VmidAllocator,
+    i: usize,
+) -> Result<usize, (&'static str, PveError)> {
     let name = format!("{PREFIX}{i}");
     let mut done = 0;
     macro_rules! step {
@@ -40,11 +44,19 @@ async fn flow(c: Client, vmids: VmidAllocator, i: usize) -> Result<usize, (&'sta
         )
     );
     step!("snapshot root", async {
-        c.create_snapshot(NODE, vmid, "root", false, None).await?.wait().await
+        c.create_snapshot(NODE, vmid, "root", false, None)
+            .await?
+            .wait()
+            .await
     });
-    step!("start", async { c.start_vm(NODE, vmid).await?.wait().await });
+    step!("start", async {
+        c.start_vm(NODE, vmid).await?.wait().await
+    });
     step!("live snapshot", async {
-        c.create_snapshot(NODE, vmid, "live", true, None).await?.wait().await
+        c.create_snapshot(NODE, vmid, "live", true, None)
+            .await?
+            .wait()
+            .await
     });
     step!("stop", async { c.stop_vm(NODE, vmid).await?.wait().await });
     step!("rollback", async {
@@ -57,7 +69,9 @@ async fn flow(c: Client, vmids: VmidAllocator, i: usize) -> Result<usize, (&'sta
             PveError::Config("a live rollback must leave the VM running".into()),
         ));
     }
-    step!("stop again", async { c.stop_vm(NODE, vmid).await?.wait().await });
+    step!("stop again", async {
+        c.stop_vm(NODE, vmid).await?.wait().await
+    });
     step!("delete", async {
         match c.destroy_vm(NODE, vmid).await? {
             Some(t) => t.wait().await.map(|_| ()),
@@ -140,7 +154,10 @@ async fn faults_at_a_fixed_rate_across_whole_flows() {
             }
         }
     }
-    eprintln!("fault flows: {completed} completed, {} reported: {reported:#?}", reported.len());
+    eprintln!(
+        "fault flows: {completed} completed, {} reported: {reported:#?}",
+        reported.len()
+    );
     assert_eq!(completed + reported.len(), FLOWS);
     let state = env.sim.state();
     assert!(state.faults_injected > 0, "no fault was injected");
@@ -177,7 +194,10 @@ async fn the_state_endpoint_shows_the_same_over_http() {
     assert_eq!(anon.status(), 401);
     let state: serde_json::Value = http
         .get(&url)
-        .header("Authorization", format!("PVEAPIToken={TOKEN_ID}={}", env.secret))
+        .header(
+            "Authorization",
+            format!("PVEAPIToken={TOKEN_ID}={}", env.secret),
+        )
         .send()
         .await
         .unwrap()
@@ -185,10 +205,15 @@ async fn the_state_endpoint_shows_the_same_over_http() {
         .await
         .unwrap();
     let vms = state["vms"].as_array().unwrap();
-    assert!(vms.iter().any(|v| v["vmid"] == vmid && v["config"]["name"] == "seen"));
+    assert!(vms
+        .iter()
+        .any(|v| v["vmid"] == vmid && v["config"]["name"] == "seen"));
     let faults = http
         .post(format!("{}/sim/faults", env.sim.url()))
-        .header("Authorization", format!("PVEAPIToken={TOKEN_ID}={}", env.secret))
+        .header(
+            "Authorization",
+            format!("PVEAPIToken={TOKEN_ID}={}", env.secret),
+        )
         .json(&serde_json::json!({"method": "GET", "path": "/version", "kind": "595", "count": 1}))
         .send()
         .await

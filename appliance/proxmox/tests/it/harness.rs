@@ -138,7 +138,11 @@ impl Env {
             unexpected.is_empty(),
             "requests or answers a real Proxmox VE would not have (of {}):\n{}",
             requests.len(),
-            unexpected.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
+            unexpected
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         for e in expected {
             assert!(
@@ -167,7 +171,11 @@ impl Env {
     pub(crate) async fn settle(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.sim.state().running_tasks.is_empty() {
-            assert!(Instant::now() < deadline, "tasks still running: {:?}", self.sim.state().running_tasks);
+            assert!(
+                Instant::now() < deadline,
+                "tasks still running: {:?}",
+                self.sim.state().running_tasks
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -204,7 +212,11 @@ pub(crate) fn linked(newid: Vmid, name: &str) -> CloneRequest {
 }
 
 /// Clones the linkable template with a fresh VMID and waits.
-pub(crate) async fn new_env_vm(client: &Client, vmids: &VmidAllocator, name: &str) -> Result<Vmid, PveError> {
+pub(crate) async fn new_env_vm(
+    client: &Client,
+    vmids: &VmidAllocator,
+    name: &str,
+) -> Result<Vmid, PveError> {
     let client = client.clone();
     let name = name.to_owned();
     let (vmid, _) = vmids

@@ -15,12 +15,15 @@ async fn environment_deployment_app_lifecycle() {
 
     // Environment: a linked clone with a fixed MAC, cores, memory, marks.
     let vmid = new_env_vm(&c, &vmids, "env-alice").await.unwrap();
-    assert!(vmid >= 100 && vmid < TEMPLATE);
+    assert!((100..TEMPLATE).contains(&vmid));
     let cfg = c.vm_config(NODE, vmid).await.unwrap();
     assert_eq!(cfg.name.as_deref(), Some("env-alice"));
     assert!(cfg.lock.is_none());
     assert!(!cfg.template);
-    assert!(cfg.raw["scsi0"].as_str().unwrap().contains("base-9000-disk-0/"));
+    assert!(cfg.raw["scsi0"]
+        .as_str()
+        .unwrap()
+        .contains("base-9000-disk-0/"));
     let mac: MacAddr = "BC:24:11:AA:00:01".parse().unwrap();
     let update = ConfigUpdate {
         cores: Some(4),
@@ -40,10 +43,21 @@ async fn environment_deployment_app_lifecycle() {
     assert_eq!(cfg.tags, vec!["daas", "env-alice"]);
     // A stale digest is refused.
     let e = c
-        .update_vm_config(NODE, vmid, &ConfigUpdate { cores: Some(2), digest: update.digest.clone(), ..ConfigUpdate::default() })
+        .update_vm_config(
+            NODE,
+            vmid,
+            &ConfigUpdate {
+                cores: Some(2),
+                digest: update.digest.clone(),
+                ..ConfigUpdate::default()
+            },
+        )
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("detected modified configuration"), "{e}");
+    assert!(
+        e.to_string().contains("detected modified configuration"),
+        "{e}"
+    );
     let res = c.vms().await.unwrap();
     let me = res.iter().find(|r| r.id() == vmid).unwrap();
     assert_eq!(me.tags, vec!["daas", "env-alice"]);
@@ -104,9 +118,19 @@ async fn environment_deployment_app_lifecycle() {
 
     // A rollback of a running VM to an offline snapshot stops it, unless
     // asked to start.
-    c.rollback(NODE, vmid, "root", false).await.unwrap().wait().await.unwrap();
+    c.rollback(NODE, vmid, "root", false)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
     assert!(!c.vm_status(NODE, vmid).await.unwrap().is_running());
-    c.rollback(NODE, vmid, "root", true).await.unwrap().wait().await.unwrap();
+    c.rollback(NODE, vmid, "root", true)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
     assert!(c.vm_status(NODE, vmid).await.unwrap().is_running());
     let cfg = c.vm_config(NODE, vmid).await.unwrap();
     assert_eq!(cfg.parent.as_deref(), Some("root"));
@@ -115,10 +139,22 @@ async fn environment_deployment_app_lifecycle() {
     c.stop_vm(NODE, vmid).await.unwrap().wait().await.unwrap();
     // Stopping a stopped VM is fine.
     c.stop_vm(NODE, vmid).await.unwrap().wait().await.unwrap();
-    c.delete_snapshot(NODE, vmid, "deploy-live").await.unwrap().wait().await.unwrap();
-    let t = c.destroy_vm(NODE, vmid).await.unwrap().expect("a VM to destroy");
+    c.delete_snapshot(NODE, vmid, "deploy-live")
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    let t = c
+        .destroy_vm(NODE, vmid)
+        .await
+        .unwrap()
+        .expect("a VM to destroy");
     t.wait().await.unwrap();
-    assert_eq!(c.vm_config(NODE, vmid).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        c.vm_config(NODE, vmid).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     assert!(c.destroy_vm(NODE, vmid).await.unwrap().is_none());
     let deletes: Vec<_> = env
         .sim
@@ -126,8 +162,11 @@ async fn environment_deployment_app_lifecycle() {
         .into_iter()
         .filter(|r| r.method == "DELETE" && r.path == format!("/nodes/pve/qemu/{vmid}"))
         .collect();
-    assert!(deletes.iter().all(|r| r.query.contains(&("purge".into(), "1".into()))
-        && r.query.contains(&("destroy-unreferenced-disks".into(), "1".into()))));
+    assert!(deletes
+        .iter()
+        .all(|r| r.query.contains(&("purge".into(), "1".into()))
+            && r.query
+                .contains(&("destroy-unreferenced-disks".into(), "1".into()))));
     env.settle().await;
     assert_eq!(env.made_vms(), Vec::<Vmid>::new());
     env.finish().await;
@@ -161,14 +200,32 @@ async fn baseimage_finalize_makes_a_template_to_link_from() {
         .await
         .unwrap();
     let cfg = c.vm_config(NODE, vmid).await.unwrap();
-    assert!(cfg.raw["scsi0"].as_str().unwrap().starts_with("local-lvm:vm-"));
+    assert!(cfg.raw["scsi0"]
+        .as_str()
+        .unwrap()
+        .starts_with("local-lvm:vm-"));
 
     // Finalize: convert to a template.
-    c.convert_to_template(NODE, vmid).await.unwrap().wait().await.unwrap();
+    c.convert_to_template(NODE, vmid)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
     let cfg = c.vm_config(NODE, vmid).await.unwrap();
     assert!(cfg.template);
-    let e = c.start_vm(NODE, vmid).await.unwrap().wait().await.unwrap_err();
-    assert!(e.to_string().contains("you can't start a vm if it's a template"), "{e}");
+    let e = c
+        .start_vm(NODE, vmid)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("you can't start a vm if it's a template"),
+        "{e}"
+    );
     let e = c.convert_to_template(NODE, vmid).await.unwrap_err();
     assert!(e.to_string().contains("template to a template"), "{e}");
 
@@ -185,7 +242,14 @@ async fn baseimage_finalize_makes_a_template_to_link_from() {
         .await
         .unwrap();
     // The base cannot go while a linked clone uses it.
-    let e = c.destroy_vm(NODE, vmid).await.unwrap().unwrap().wait().await.unwrap_err();
+    let e = c
+        .destroy_vm(NODE, vmid)
+        .await
+        .unwrap()
+        .unwrap()
+        .wait()
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("still in use"), "{e}");
     remove_vm(&c, env_vm).await.unwrap();
     remove_vm(&c, vmid).await.unwrap();

@@ -56,7 +56,11 @@ async fn without_the_limit_parallel_clones_hit_the_lock_timeout() {
         !timeouts.is_empty(),
         "the simulator should make unbounded parallel clones hit its lock timeout"
     );
-    assert!(timeouts[0].to_string().contains("can't lock file"), "{}", timeouts[0]);
+    assert!(
+        timeouts[0].to_string().contains("can't lock file"),
+        "{}",
+        timeouts[0]
+    );
     assert!(timeouts[0].is_transient());
     env.settle().await;
     // Failed clones leave nothing behind.

@@ -27,7 +27,10 @@ async fn against_a_real_proxmox_ve() {
         return;
     };
     let token = ApiToken::from_file(token_file.as_ref(), None).expect("token file");
-    let tls = match (env("DAAS_TEST_PVE_FINGERPRINT"), env("DAAS_TEST_PVE_CA_FILE")) {
+    let tls = match (
+        env("DAAS_TEST_PVE_FINGERPRINT"),
+        env("DAAS_TEST_PVE_CA_FILE"),
+    ) {
         (Some(fp), _) => TlsTrust::Fingerprint(fp.parse().expect("DAAS_TEST_PVE_FINGERPRINT")),
         (None, Some(ca)) => TlsTrust::CaPem(std::fs::read_to_string(ca).expect("CA file")),
         (None, None) => panic!("set DAAS_TEST_PVE_FINGERPRINT or DAAS_TEST_PVE_CA_FILE"),
@@ -105,7 +108,10 @@ async fn against_a_real_proxmox_ve() {
             .await?;
         let snaps = c.snapshots(&node, vmid).await?;
         assert!(snaps.iter().any(|s| s.name == "daas-test"));
-        c.rollback(&node, vmid, "daas-test", false).await?.wait().await?;
+        c.rollback(&node, vmid, "daas-test", false)
+            .await?
+            .wait()
+            .await?;
         Ok::<_, PveError>(())
     }
     .await;

@@ -21,14 +21,17 @@ fn fault(method: &str, path: &str, kind: FaultKind, count: u32) -> ScriptedFault
 async fn reads_are_retried_on_595_and_596() {
     let env = Env::start().await;
     let c = env.client();
-    env.sim.inject(fault("GET", "/status/current", FaultKind::Refused595, 1));
-    env.sim.inject(fault("GET", "/status/current", FaultKind::Timeout596, 1));
+    env.sim
+        .inject(fault("GET", "/status/current", FaultKind::Refused595, 1));
+    env.sim
+        .inject(fault("GET", "/status/current", FaultKind::Timeout596, 1));
     let st = c.vm_status(NODE, TEMPLATE).await.unwrap();
     assert!(st.template);
     assert_eq!(env.count_requests("GET", "/status/current"), 3);
 
     // More faults than tries: a clean Unavailable.
-    env.sim.inject(fault("GET", "/version", FaultKind::Refused595, 10));
+    env.sim
+        .inject(fault("GET", "/version", FaultKind::Refused595, 10));
     let e = c.version().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
     assert!(e.to_string().contains("595"), "{e}");
@@ -37,10 +40,18 @@ async fn reads_are_retried_on_595_and_596() {
     // Config writes are repeatable: retried too.
     let vmids = VmidAllocator::new(c.clone());
     let vmid = new_env_vm(&c, &vmids, "retry-put").await.unwrap();
-    env.sim.inject(fault("PUT", "/config", FaultKind::Lost596, 1));
-    c.update_vm_config(NODE, vmid, &ConfigUpdate { cores: Some(3), ..ConfigUpdate::default() })
-        .await
-        .unwrap();
+    env.sim
+        .inject(fault("PUT", "/config", FaultKind::Lost596, 1));
+    c.update_vm_config(
+        NODE,
+        vmid,
+        &ConfigUpdate {
+            cores: Some(3),
+            ..ConfigUpdate::default()
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(c.vm_config(NODE, vmid).await.unwrap().cores, Some(3));
     assert_eq!(env.count_requests("PUT", "/config"), 2);
     remove_vm(&c, vmid).await.unwrap();
@@ -51,7 +62,8 @@ async fn reads_are_retried_on_595_and_596() {
 async fn a_hanging_read_times_out_and_is_retried() {
     let env = Env::start_with(|c| c.faults.hang = Duration::from_millis(1500)).await;
     let c = env.client_with(|c| c.request_timeout = Duration::from_millis(500));
-    env.sim.inject(fault("GET", "/cluster/resources", FaultKind::Hang, 1));
+    env.sim
+        .inject(fault("GET", "/cluster/resources", FaultKind::Hang, 1));
     let vms = c.vms().await.unwrap();
     assert!(!vms.is_empty());
     assert_eq!(env.count_requests("GET", "/cluster/resources"), 2);
@@ -64,7 +76,8 @@ async fn calls_that_create_are_never_retried() {
     let c = env.client();
 
     // Refused before it was applied: reported, not repeated, nothing made.
-    env.sim.inject(fault("POST", "/clone", FaultKind::Timeout596, 1));
+    env.sim
+        .inject(fault("POST", "/clone", FaultKind::Timeout596, 1));
     let e = c.clone_vm(&linked(700, "no-retry")).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
     assert_eq!(env.count_requests("POST", "/clone"), 1);
@@ -73,7 +86,8 @@ async fn calls_that_create_are_never_retried() {
 
     // Applied, answer lost: still reported, not repeated; the VM exists
     // and the caller finds it by its name (our mark) to reconcile.
-    env.sim.inject(fault("POST", "/clone", FaultKind::Lost596, 1));
+    env.sim
+        .inject(fault("POST", "/clone", FaultKind::Lost596, 1));
     let e = c.clone_vm(&linked(701, "lost-answer")).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
     assert_eq!(env.count_requests("POST", "/clone"), 2);
@@ -91,19 +105,30 @@ async fn calls_that_create_are_never_retried() {
     // Snapshots and starts: the same.
     let vmids = VmidAllocator::new(c.clone());
     let vmid = new_env_vm(&c, &vmids, "once").await.unwrap();
-    env.sim.inject(fault("POST", "/snapshot", FaultKind::Refused595, 1));
-    assert!(c.create_snapshot(NODE, vmid, "s1", false, None).await.is_err());
+    env.sim
+        .inject(fault("POST", "/snapshot", FaultKind::Refused595, 1));
+    assert!(c
+        .create_snapshot(NODE, vmid, "s1", false, None)
+        .await
+        .is_err());
     assert_eq!(env.count_requests("POST", "/snapshot"), 1);
-    env.sim.inject(fault("POST", "/status/start", FaultKind::Refused595, 1));
+    env.sim
+        .inject(fault("POST", "/status/start", FaultKind::Refused595, 1));
     assert!(c.start_vm(NODE, vmid).await.is_err());
     assert_eq!(env.count_requests("POST", "/status/start"), 1);
     // Stop is repeatable: retried.
-    env.sim.inject(fault("POST", "/status/stop", FaultKind::Refused595, 1));
+    env.sim
+        .inject(fault("POST", "/status/stop", FaultKind::Refused595, 1));
     c.stop_vm(NODE, vmid).await.unwrap().wait().await.unwrap();
     assert_eq!(env.count_requests("POST", "/status/stop"), 2);
     // A lost delete answer: retried; the repeat's task finds the VM gone
     // or locked for destruction, and the VM ends gone either way.
-    env.sim.inject(fault("DELETE", &format!("/qemu/{vmid}"), FaultKind::Lost596, 1));
+    env.sim.inject(fault(
+        "DELETE",
+        &format!("/qemu/{vmid}"),
+        FaultKind::Lost596,
+        1,
+    ));
     match c.destroy_vm(NODE, vmid).await.unwrap() {
         None => {}
         Some(t) => {
@@ -124,7 +149,8 @@ async fn calls_that_create_are_never_retried() {
 async fn task_polling_rides_out_faults() {
     let env = Env::start().await;
     let c = env.client();
-    env.sim.inject(fault("GET", "/tasks/", FaultKind::Refused595, 3));
+    env.sim
+        .inject(fault("GET", "/tasks/", FaultKind::Refused595, 3));
     let vmids = VmidAllocator::new(c.clone());
     let vmid = new_env_vm(&c, &vmids, "polled").await.unwrap();
     remove_vm(&c, vmid).await.unwrap();

@@ -53,10 +53,12 @@ pub(crate) fn schema() -> &'static Schema {
                     let segs = path
                         .split('/')
                         .filter(|s| !s.is_empty())
-                        .map(|s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                            Some(var) => Seg::Var(var.to_owned()),
-                            None => Seg::Lit(s.to_owned()),
-                        })
+                        .map(
+                            |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                                Some(var) => Seg::Var(var.to_owned()),
+                                None => Seg::Lit(s.to_owned()),
+                            },
+                        )
                         .collect();
                     out.push(Endpoint {
                         segs,
@@ -105,7 +107,12 @@ impl Schema {
 
     /// Problems of one request: `[]` when a real PVE would accept its
     /// parameters.
-    pub(crate) fn check_request(&self, method: &str, path: &str, params: &[(String, String)]) -> Vec<String> {
+    pub(crate) fn check_request(
+        &self,
+        method: &str,
+        path: &str,
+        params: &[(String, String)],
+    ) -> Vec<String> {
         let mut problems = Vec::new();
         let Some((ep, vars)) = self.resolve(path) else {
             return vec![format!("{method} {path}: no such path in the API schema")];
@@ -115,7 +122,10 @@ impl Schema {
         };
         let empty = serde_json::Map::new();
         let props = m["parameters"]["properties"].as_object().unwrap_or(&empty);
-        let additional = m["parameters"]["additionalProperties"].as_i64().unwrap_or(1) != 0;
+        let additional = m["parameters"]["additionalProperties"]
+            .as_i64()
+            .unwrap_or(1)
+            != 0;
         let mut all: BTreeMap<String, String> = vars;
         for (k, v) in params {
             if all.insert(k.clone(), v.clone()).is_some() {
@@ -162,13 +172,20 @@ impl Schema {
             return Vec::new();
         };
         let mut problems = Vec::new();
-        check_returns(ret, data, &format!("{method} {}", ep.path), 0, &mut problems);
+        check_returns(
+            ret,
+            data,
+            &format!("{method} {}", ep.path),
+            0,
+            &mut problems,
+        );
         problems
     }
 }
 
 fn is_optional(p: &Value) -> bool {
-    p.get("optional").is_some_and(|o| o.as_i64() == Some(1) || o.as_bool() == Some(true))
+    p.get("optional")
+        .is_some_and(|o| o.as_i64() == Some(1) || o.as_bool() == Some(true))
 }
 
 fn indexed<'a>(props: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a Value> {
@@ -194,7 +211,8 @@ fn is_integer(v: &str) -> bool {
 }
 
 fn is_number(v: &str) -> bool {
-    v.parse::<f64>().is_ok() && !v.contains(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
+    v.parse::<f64>().is_ok()
+        && !v.contains(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
 }
 
 /// Checks one value against a property schema, as PVE::JSONSchema's
@@ -210,7 +228,9 @@ pub(crate) fn check_value(p: &Value, v: &str) -> Result<(), String> {
         "integer" if !is_integer(v) => {
             return Err(format!("type check ('integer') failed - got '{v}'"))
         }
-        "number" if !is_number(v) => return Err(format!("type check ('number') failed - got '{v}'")),
+        "number" if !is_number(v) => {
+            return Err(format!("type check ('number') failed - got '{v}'"))
+        }
         "array" | "object" => return Err(format!("a {} cannot be sent as a string", p["type"])),
         _ => {}
     }
@@ -247,7 +267,9 @@ pub(crate) fn check_value(p: &Value, v: &str) -> Result<(), String> {
     }
     if let Some(e) = p.get("enum").and_then(|e| e.as_array()) {
         if !e.iter().any(|x| x.as_str() == Some(v)) {
-            return Err(format!("value '{v}' does not have a value in the enumeration"));
+            return Err(format!(
+                "value '{v}' does not have a value in the enumeration"
+            ));
         }
     }
     Ok(())
@@ -260,7 +282,8 @@ fn perl_regex(pat: &str) -> Regex {
 }
 
 fn split_list(v: &str) -> impl Iterator<Item = &str> {
-    v.split([',', ';', ' ', '\t', '\n']).filter(|s| !s.is_empty())
+    v.split([',', ';', ' ', '\t', '\n'])
+        .filter(|s| !s.is_empty())
 }
 
 fn check_format(f: &Value, v: &str) -> Result<(), String> {
@@ -298,7 +321,10 @@ fn named_format(name: &str, v: &str) -> Result<(), String> {
     let ok = match name {
         "string" => true,
         "pve-vmid" => {
-            v.len() >= 3 && v.len() <= 9 && !v.starts_with('0') && v.bytes().all(|c| c.is_ascii_digit())
+            v.len() >= 3
+                && v.len() <= 9
+                && !v.starts_with('0')
+                && v.bytes().all(|c| c.is_ascii_digit())
         }
         "pve-node" => dns_label(v),
         "dns-name" => v.split('.').all(dns_label),
@@ -306,25 +332,31 @@ fn named_format(name: &str, v: &str) -> Result<(), String> {
             let b = v.as_bytes();
             b.len() >= 2
                 && b[0].is_ascii_alphabetic()
-                && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
         }
         "pve-storage-id" | "pve-poolid" => {
             let b = v.as_bytes();
             b.len() >= 2
                 && b[0].is_ascii_alphabetic()
                 && b[b.len() - 1].is_ascii_alphanumeric()
-                && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
         }
         "pve-bridge-id" => {
-            !v.is_empty() && v.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+            !v.is_empty()
+                && v.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
         }
-        "mac-addr" => {
-            Regex::new(r"^(?i)[a-f0-9][02468ace](?::[a-f0-9]{2}){5}$")
-                .expect("regex")
-                .is_match(v)
-        }
-        "pve-tag" => Regex::new(r"^(?i)[a-z0-9_][a-z0-9_\-\+\.]*$").expect("regex").is_match(v),
-        "pve-realm" => Regex::new(r"^[A-Za-z][A-Za-z0-9\.\-_]+$").expect("regex").is_match(v),
+        "mac-addr" => Regex::new(r"^(?i)[a-f0-9][02468ace](?::[a-f0-9]{2}){5}$")
+            .expect("regex")
+            .is_match(v),
+        "pve-tag" => Regex::new(r"^(?i)[a-z0-9_][a-z0-9_\-\+\.]*$")
+            .expect("regex")
+            .is_match(v),
+        "pve-realm" => Regex::new(r"^[A-Za-z][A-Za-z0-9\.\-_]+$")
+            .expect("regex")
+            .is_match(v),
         "pve-storage-content" => true,
         other => return Err(format!("format '{other}' is unknown to the test validator")),
     };
@@ -343,11 +375,17 @@ fn check_property_string(format: &serde_json::Map<String, Value>, v: &str) -> Re
         if part.trim().is_empty() {
             continue;
         }
-        if let Some((k, val)) = part.split_once('=').filter(|(k, v)| !k.is_empty() && !v.is_empty()) {
+        if let Some((k, val)) = part
+            .split_once('=')
+            .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+        {
             let mut k = k.to_owned();
             let mut schema = format.get(&k);
             if let Some(alias) = schema.and_then(|s| s.get("alias")).and_then(|a| a.as_str()) {
-                if let Some(ka) = schema.and_then(|s| s.get("keyAlias")).and_then(|a| a.as_str()) {
+                if let Some(ka) = schema
+                    .and_then(|s| s.get("keyAlias"))
+                    .and_then(|a| a.as_str())
+                {
                     if res.insert(ka.to_owned(), k.clone()).is_some() {
                         return Err(format!("format error: key alias '{ka}' is already defined"));
                     }
@@ -356,10 +394,14 @@ fn check_property_string(format: &serde_json::Map<String, Value>, v: &str) -> Re
                 schema = format.get(&k);
             }
             if schema.is_none() {
-                return Err(format!("format error: invalid key in comma-separated list property: {k}"));
+                return Err(format!(
+                    "format error: invalid key in comma-separated list property: {k}"
+                ));
             }
             if res.insert(k.clone(), val.to_owned()).is_some() {
-                return Err(format!("format error: duplicate key in comma-separated list property: {k}"));
+                return Err(format!(
+                    "format error: duplicate key in comma-separated list property: {k}"
+                ));
             }
         } else if !part.contains('=') {
             if default_used {
@@ -369,10 +411,14 @@ fn check_property_string(format: &serde_json::Map<String, Value>, v: &str) -> Re
                 .iter()
                 .find(|(_, s)| s.get("default_key").is_some_and(|d| d.as_i64() == Some(1)))
                 .map(|(k, _)| k.clone())
-                .ok_or("format error: value without key, but schema does not define a default key")?;
+                .ok_or(
+                    "format error: value without key, but schema does not define a default key",
+                )?;
             default_used = true;
             if res.insert(key.clone(), part.to_owned()).is_some() {
-                return Err(format!("format error: duplicate key in comma-separated list property: {key}"));
+                return Err(format!(
+                    "format error: duplicate key in comma-separated list property: {key}"
+                ));
             }
         } else {
             return Err("format error: missing key in comma-separated list property".into());
@@ -384,7 +430,9 @@ fn check_property_string(format: &serde_json::Map<String, Value>, v: &str) -> Re
     }
     for (k, s) in format {
         if s.get("alias").is_none() && !is_optional(s) && !res.contains_key(k) {
-            return Err(format!("format error: {k}: property is missing and it is not optional"));
+            return Err(format!(
+                "format error: {k}: property is missing and it is not optional"
+            ));
         }
     }
     Ok(())

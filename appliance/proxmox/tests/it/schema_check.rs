@@ -4,6 +4,8 @@
 
 use crate::schema::schema;
 
+type Pairs<'a> = &'a [(&'a str, &'a str)];
+
 fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
         .iter()
@@ -17,7 +19,7 @@ fn check(method: &str, path: &str, pairs: &[(&str, &str)]) -> Vec<String> {
 
 #[test]
 fn accepts_good_requests() {
-    let ok: &[(&str, &str, &[(&str, &str)])] = &[
+    let ok: &[(&str, &str, Pairs<'_>)] = &[
         ("GET", "/version", &[]),
         ("GET", "/cluster/nextid", &[("vmid", "100")]),
         ("GET", "/cluster/resources", &[("type", "vm")]),
@@ -43,7 +45,11 @@ fn accepts_good_requests() {
             "/nodes/pve/qemu/101/snapshot",
             &[("snapname", "root"), ("vmstate", "1")],
         ),
-        ("POST", "/nodes/pve/qemu/101/snapshot/root/rollback", &[("start", "1")]),
+        (
+            "POST",
+            "/nodes/pve/qemu/101/snapshot/root/rollback",
+            &[("start", "1")],
+        ),
         (
             "DELETE",
             "/nodes/pve/qemu/101",
@@ -62,11 +68,16 @@ fn accepts_good_requests() {
 
 #[test]
 fn flags_what_pve_refuses() {
-    let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+    let cases: &[(&str, &str, Pairs<'_>, &str)] = &[
         ("GET", "/no/such/path", &[], "no such path"),
         ("PATCH", "/version", &[], "has no PATCH"),
         ("GET", "/version", &[("x", "1")], "x: not a parameter"),
-        ("POST", "/nodes/pve/qemu/9000/clone", &[], "required newid is missing"),
+        (
+            "POST",
+            "/nodes/pve/qemu/9000/clone",
+            &[],
+            "required newid is missing",
+        ),
         (
             "POST",
             "/nodes/pve/qemu/9000/clone",
@@ -79,7 +90,12 @@ fn flags_what_pve_refuses() {
             &[("newid", "99")],
             "newid=\"99\": invalid format",
         ),
-        ("POST", "/nodes/pve/qemu/90/clone", &[("newid", "101")], "vmid=\"90\""),
+        (
+            "POST",
+            "/nodes/pve/qemu/90/clone",
+            &[("newid", "101")],
+            "vmid=\"90\"",
+        ),
         (
             "POST",
             "/nodes/pve/qemu/9000/clone",
@@ -92,7 +108,12 @@ fn flags_what_pve_refuses() {
             &[("newid", "101"), ("format", "vdi")],
             "enumeration",
         ),
-        ("GET", "/cluster/resources", &[("type", "vms")], "enumeration"),
+        (
+            "GET",
+            "/cluster/resources",
+            &[("type", "vms")],
+            "enumeration",
+        ),
         (
             "PUT",
             "/nodes/pve/qemu/101/config",
@@ -111,8 +132,18 @@ fn flags_what_pve_refuses() {
             &[("net0", "bridge=vmbr0")],
             "model: property is missing",
         ),
-        ("PUT", "/nodes/pve/qemu/101/config", &[("memory", "8")], "minimum value of 16"),
-        ("PUT", "/nodes/pve/qemu/101/config", &[("tags", "a b!")], "tags="),
+        (
+            "PUT",
+            "/nodes/pve/qemu/101/config",
+            &[("memory", "8")],
+            "minimum value of 16",
+        ),
+        (
+            "PUT",
+            "/nodes/pve/qemu/101/config",
+            &[("tags", "a b!")],
+            "tags=",
+        ),
         (
             "PUT",
             "/nodes/pve/qemu/101/config",
@@ -151,12 +182,20 @@ fn flags_what_pve_refuses() {
 fn checks_answers_against_returns() {
     let s = schema();
     assert!(s
-        .check_answer("GET", "/version", &serde_json::json!({"version": "8.3.2", "release": "8.3", "repoid": "x"}))
+        .check_answer(
+            "GET",
+            "/version",
+            &serde_json::json!({"version": "8.3.2", "release": "8.3", "repoid": "x"})
+        )
         .is_empty());
     assert!(!s
         .check_answer("GET", "/version", &serde_json::json!({"release": "8.3"}))
         .is_empty());
     assert!(!s
-        .check_answer("POST", "/nodes/pve/qemu/100/clone", &serde_json::json!({"upid": 1}))
+        .check_answer(
+            "POST",
+            "/nodes/pve/qemu/100/clone",
+            &serde_json::json!({"upid": 1})
+        )
         .is_empty());
 }

@@ -26,7 +26,10 @@ fn assert_all_distinct_and_present(env: &Env, ids: &[Vmid], n: usize) {
     let distinct: BTreeSet<_> = ids.iter().copied().collect();
     assert_eq!(distinct.len(), n, "duplicate VMIDs: {ids:?}");
     let made: BTreeSet<_> = env.made_vms().into_iter().collect();
-    assert_eq!(made, distinct, "VMs in the simulator differ from those reported");
+    assert_eq!(
+        made, distinct,
+        "VMs in the simulator differ from those reported"
+    );
     let names: BTreeSet<_> = env
         .sim
         .state()

@@ -11,7 +11,7 @@ const START_POLL_MS = 100;
  * `open`: { plural, id } to open that object first (an App, or a
  * configuration desktop); else `instanceId` of a running instance.
  */
-export function Desktop({ open, instanceId }) {
+export function Desktop({ open, early, instanceId }) {
   const container = useRef(null);
   const session = useRef(null);
   const [iid, setIid] = useState(instanceId || null);
@@ -35,7 +35,9 @@ export function Desktop({ open, instanceId }) {
             () => {},
           );
           performance.mark('daas-open');
-          const r = await post(`/api/v1/${open.plural}/${encodeURIComponent(open.id)}/open`);
+          const r = await ((early && early.catch(() => null)) || Promise.resolve(null)).then(
+            (r) => r || post(`/api/v1/${open.plural}/${encodeURIComponent(open.id)}/open`),
+          );
           if (!alive) return;
           performance.mark('daas-opened');
           history.replaceState(null, '', `/desktop/${encodeURIComponent(r.instance.id)}${location.search}`);

@@ -24,6 +24,23 @@ function loadDesktop() {
 }
 if (isDesktop(location.pathname)) loadDesktop();
 
+// A tab opened on /open/… asks for its instance at once, while its code loads.
+const early = location.pathname.match(/^\/open\/([a-z]+)\/([^/?]+)$/);
+let earlyOpen = early
+  ? {
+      path: location.pathname,
+      promise: api('POST', `/api/v1/${early[1]}/${early[2]}/open`, undefined, { quiet401: true }),
+    }
+  : null;
+if (earlyOpen) earlyOpen.promise.catch(() => {});
+
+/** The early answer for `path`, once. */
+function takeEarlyOpen(path) {
+  const e = earlyOpen && earlyOpen.path === path ? earlyOpen.promise : null;
+  earlyOpen = null;
+  return e;
+}
+
 function App() {
   const loc = useLocation();
   const path = loc.split('?')[0];
@@ -107,7 +124,7 @@ function DesktopRoute({ path, me }) {
   if (!mod) return <div class="desktop-page" aria-busy="true" />;
   const open = match('/open/:plural/:id', path);
   const desk = match('/desktop/:id', path);
-  return <mod.Desktop me={me} open={open} instanceId={desk && desk.id} />;
+  return <mod.Desktop me={me} open={open} early={open ? takeEarlyOpen(path) : null} instanceId={desk && desk.id} />;
 }
 
 function Page({ path, me }) {

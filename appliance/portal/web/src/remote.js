@@ -174,7 +174,8 @@ export class RemoteSession {
     params.set('ticket', ticket);
     params.set('GUAC_WIDTH', String(Math.max(1, Math.floor(r.width))));
     params.set('GUAC_HEIGHT', String(Math.max(1, Math.floor(r.height))));
-    params.set('GUAC_DPI', String(Math.round(96 * (window.devicePixelRatio || 1))));
+    // Sizes are in CSS pixels, so the desktop's DPI is the CSS one.
+    params.set('GUAC_DPI', '96');
     try {
       params.set('GUAC_TIMEZONE', Intl.DateTimeFormat().resolvedOptions().timeZone || '');
     } catch {

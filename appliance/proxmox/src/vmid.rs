@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 
 use crate::client::Client;
 use crate::error::{ErrorKind, PveError};
-use crate::types::{Vmid, VMID_MAX, VMID_MIN};
+use crate::types::{CloneMode, CloneRequest, Vmid, VMID_MAX, VMID_MIN};
 
 /// How long a freshly made VMID stays skipped locally.
 const RECENT: Duration = Duration::from_secs(60);
@@ -178,5 +178,48 @@ impl VmidAllocator {
         Err(PveError::VmidExhausted {
             attempts: self.attempts,
         })
+    }
+
+    /// Clones `source` into a new VM with a fresh VMID and waits for it:
+    /// linked, or full (onto `full_storage`, default the source's) where
+    /// PVE says the source or its storage cannot link. Returns the VMID and
+    /// the mode used. `name` must be a DNS name.
+    pub async fn clone_new(
+        &self,
+        node: &str,
+        source: Vmid,
+        name: &str,
+        full_storage: Option<&str>,
+    ) -> Result<(Vmid, CloneMode), PveError> {
+        let client = self.client.clone();
+        self.create(|newid| {
+            let client = client.clone();
+            let mut req = CloneRequest {
+                node: node.to_owned(),
+                vmid: source,
+                newid,
+                name: Some(name.to_owned()),
+                mode: CloneMode::Linked,
+                target: None,
+                description: None,
+                pool: None,
+            };
+            let full = CloneMode::Full {
+                storage: full_storage.map(str::to_owned),
+            };
+            async move {
+                let task = match client.clone_vm(&req).await {
+                    Err(e) if e.kind() == ErrorKind::LinkedCloneUnsupported => {
+                        debug!(source, "linked clone refused, making a full clone");
+                        req.mode = full;
+                        client.clone_vm(&req).await?
+                    }
+                    other => other?,
+                };
+                task.wait().await?;
+                Ok(req.mode)
+            }
+        })
+        .await
     }
 }

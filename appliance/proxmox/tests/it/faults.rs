@@ -162,8 +162,17 @@ async fn faults_at_a_fixed_rate_across_whole_flows() {
     let state = env.sim.state();
     assert!(state.faults_injected > 0, "no fault was injected");
 
+    // A hung call goes on in the simulator once its hang ends, though the
+    // client gave up on it: let those land before looking.
+    let hang = Duration::from_millis(900) + Duration::from_millis(300);
+    tokio::time::sleep(hang).await;
+    env.settle().await;
     cleanup(&env, &c).await;
+    // The cleanup ran with faults on: its own hung calls may land late.
     env.sim.set_fault_rate(0.0);
+    tokio::time::sleep(hang).await;
+    env.settle().await;
+    cleanup(&env, &c).await;
     env.settle().await;
     let state = env.sim.state();
     let left: Vec<_> = state

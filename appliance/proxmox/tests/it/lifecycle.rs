@@ -180,25 +180,16 @@ async fn baseimage_finalize_makes_a_template_to_link_from() {
 
     // The thick template cannot link: fall back to a full clone onto
     // storage that can.
-    let (vmid, _) = vmids
-        .create(|newid| {
-            let c = c.clone();
-            async move {
-                let mut req = linked(newid, "base-win");
-                req.vmid = THICK_TEMPLATE;
-                match c.clone_vm(&req).await {
-                    Err(e) if e.kind() == ErrorKind::LinkedCloneUnsupported => {
-                        req.mode = CloneMode::Full {
-                            storage: Some("local-lvm".into()),
-                        };
-                        c.clone_vm(&req).await?.wait().await
-                    }
-                    other => other?.wait().await,
-                }
-            }
-        })
+    let (vmid, mode) = vmids
+        .clone_new(NODE, THICK_TEMPLATE, "base-win", Some("local-lvm"))
         .await
         .unwrap();
+    assert_eq!(
+        mode,
+        CloneMode::Full {
+            storage: Some("local-lvm".into())
+        }
+    );
     let cfg = c.vm_config(NODE, vmid).await.unwrap();
     assert!(cfg.raw["scsi0"]
         .as_str()
@@ -230,17 +221,11 @@ async fn baseimage_finalize_makes_a_template_to_link_from() {
     assert!(e.to_string().contains("template to a template"), "{e}");
 
     // An Environment links from it.
-    let (env_vm, _) = vmids
-        .create(|newid| {
-            let c = c.clone();
-            async move {
-                let mut req = linked(newid, "env-from-new-base");
-                req.vmid = vmid;
-                c.clone_vm(&req).await?.wait().await
-            }
-        })
+    let (env_vm, mode) = vmids
+        .clone_new(NODE, vmid, "env-from-new-base", None)
         .await
         .unwrap();
+    assert_eq!(mode, CloneMode::Linked);
     // The base cannot go while a linked clone uses it.
     let e = c
         .destroy_vm(NODE, vmid)

@@ -91,7 +91,12 @@ async fn wait(store: &Store, id: &str) {
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
+    let last = v.len() - 1;
+    // The rank of the percentile, rounded down: no float-to-int casts.
+    let rank = (1..=last)
+        .take_while(|i| (*i as f64) <= last as f64 * p)
+        .count();
+    v[rank]
 }
 
 #[tokio::main]

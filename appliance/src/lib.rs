@@ -128,6 +128,7 @@ impl Appliance {
                 cfg.backends.local.clone(),
                 &cfg.paths.state_dir,
                 events_tx.clone(),
+                cfg.gateway.engine == config::Engine::Guacd,
             )
             .map_err(|source| StartError::Backend {
                 backend: "local",
@@ -185,6 +186,8 @@ impl Appliance {
             http: Default::default(),
             started_at: model::now(),
             reconciler: reconciler.clone(),
+            tunnels: Default::default(),
+            gateway: Default::default(),
         });
         Ok(Appliance {
             cfg,
@@ -268,6 +271,7 @@ impl Appliance {
             ));
         }
         spawn_housekeeping(state.clone(), shutdown.clone());
+        web::tunnel::spawn_instance_watch(state.clone());
 
         let app = web::router(state.clone());
         let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);

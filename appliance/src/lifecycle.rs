@@ -545,6 +545,32 @@ impl Lifecycle {
         }))
     }
 
+    /// Redeems a tunnel ticket: the instance it grants, if it is still its
+    /// user's and running. Each ticket works once.
+    pub fn redeem(&self, ticket: &str) -> Result<(User, Instance)> {
+        let grant = self.tickets.redeem(ticket).ok_or_else(|| {
+            LifecycleError::Forbidden("the ticket is unknown, used or expired".into())
+        })?;
+        let user = self.store.user(&grant.user_id).map_err(not_found("user"))?;
+        if user.disabled {
+            return Err(LifecycleError::Forbidden("the account is disabled".into()));
+        }
+        let i = self
+            .store
+            .instance(&grant.instance_id)
+            .map_err(not_found("instance"))?;
+        if i.user_id != user.id {
+            return Err(LifecycleError::NotFound("instance"));
+        }
+        if i.state != InstanceState::Running || i.connection.is_none() {
+            return Err(LifecycleError::Conflict(format!(
+                "the instance is {}, not running",
+                i.state
+            )));
+        }
+        Ok((user, i))
+    }
+
     /// A job the user may see (their own; admins see all).
     pub fn job(&self, user: &User, id: &str) -> Result<(Job, Vec<JobStep>)> {
         let j = self.store.job(id).map_err(not_found("job"))?;

@@ -55,6 +55,7 @@ const PRIVATE_DISPLAY: u32 = 1;
 /// The local backend.
 pub struct LocalBackend {
     cfg: config::LocalBackend,
+    tcp: bool,
     root: PathBuf,
     run_as: Option<(Uid, Gid)>,
     events: EventSender,
@@ -70,11 +71,15 @@ struct InstanceRef {
 }
 
 impl LocalBackend {
-    /// A backend keeping its state under `state_dir/local`.
+    /// A backend keeping its state under `state_dir/local`. With `tcp`, each
+    /// display listens on a loopback TCP port with a VNC password (for guacd,
+    /// which cannot reach unix sockets) and sessions share the host's
+    /// network; otherwise on a unix socket only the appliance can enter.
     pub fn new(
         cfg: config::LocalBackend,
         state_dir: &Path,
         events: EventSender,
+        tcp: bool,
     ) -> Result<LocalBackend, BackendError> {
         let run_as = if Uid::effective().is_root() {
             let u = User::from_name(&cfg.run_as)
@@ -108,6 +113,7 @@ impl LocalBackend {
         }
         Ok(LocalBackend {
             cfg,
+            tcp,
             root,
             run_as,
             events,
@@ -143,7 +149,7 @@ impl LocalBackend {
             "--unshare-uts",
             "--unshare-cgroup-try",
         ]);
-        if self.cfg.network == Network::None {
+        if self.private_network() {
             c.arg("--unshare-net");
         }
         c.args(["--new-session", "--ro-bind", "/usr", "/usr"]);
@@ -204,12 +210,25 @@ impl LocalBackend {
         c
     }
 
+    /// Sessions get their own network namespace unless configured for the
+    /// host's, or their display must be reachable over loopback TCP.
+    fn private_network(&self) -> bool {
+        self.cfg.network == Network::None && !self.tcp
+    }
+
     fn alloc_display(&self) -> u32 {
-        if self.cfg.network == Network::None {
+        if self.private_network() {
             return PRIVATE_DISPLAY;
         }
+        // Sessions on the host's network share the abstract X socket
+        // namespace with every X server of the host (and of other
+        // appliances): take a number no one holds.
         let mut d = self.displays.lock().unwrap_or_else(|p| p.into_inner());
-        let n = (100..).find(|n| !d.contains(n)).unwrap_or(100);
+        let start = 100 + std::process::id() % 800;
+        let n = (0..900)
+            .map(|i| 100 + (start - 100 + i) % 900)
+            .find(|n| !d.contains(n) && display_free(*n))
+            .unwrap_or(start);
         d.insert(n);
         n
     }
@@ -590,6 +609,21 @@ impl Backend for LocalBackend {
 
         let display = self.alloc_display();
         let geometry = self.geometry(req.object);
+        let listen = if self.tcp {
+            let port =
+                free_port().map_err(|e| BackendError::unavailable("no free loopback port", e))?;
+            let password = random_password();
+            let pw_file = run.join("passwd");
+            std::fs::write(&pw_file, daas_rfb::vnc_password_file(&password))
+                .and_then(|_| {
+                    std::fs::set_permissions(&pw_file, std::fs::Permissions::from_mode(0o600))
+                })
+                .map_err(|e| BackendError::failed_with("cannot write the VNC password file", e))?;
+            self.chown_tree(&pw_file)?;
+            Listen::Tcp { port, password }
+        } else {
+            Listen::Unix
+        };
         let script = session_script(
             &self.cfg.xvnc,
             display,
@@ -597,6 +631,7 @@ impl Backend for LocalBackend {
             &req.object.name,
             wm.as_deref(),
             &command,
+            &listen,
         );
         std::fs::write(run.join("session.sh"), script)
             .map_err(|e| BackendError::failed_with("cannot write the session script", e))?;
@@ -622,6 +657,15 @@ impl Backend for LocalBackend {
         ));
 
         let sock = run.join("vnc.sock");
+        let target = match &listen {
+            Listen::Unix => Target::Unix {
+                path: sock.to_string_lossy().into_owned(),
+            },
+            Listen::Tcp { port, .. } => Target::Tcp {
+                host: "127.0.0.1".into(),
+                port: *port,
+            },
+        };
         let deadline =
             tokio::time::Instant::now() + Duration::from_secs(self.cfg.start_timeout_secs);
         let mut child = child;
@@ -634,7 +678,7 @@ impl Backend for LocalBackend {
                     "the session exited during start ({status}): {tail}"
                 )));
             }
-            if vnc_ready(&sock).await {
+            if vnc_ready(&target).await {
                 break;
             }
             if tokio::time::Instant::now() > deadline {
@@ -663,10 +707,11 @@ impl Backend for LocalBackend {
             .unwrap_or_default(),
             connection: Connection {
                 protocol: Protocol::Vnc,
-                target: Target::Unix {
-                    path: sock.to_string_lossy().into_owned(),
+                target,
+                password: match listen {
+                    Listen::Tcp { password, .. } => Some(password),
+                    Listen::Unix => None,
                 },
-                password: None,
                 username: None,
             },
         })
@@ -674,7 +719,7 @@ impl Backend for LocalBackend {
 
     async fn stop(&self, instance: &Instance, log: &JobLog) -> Result<(), BackendError> {
         if let Ok(r) = serde_json::from_value::<InstanceRef>(instance.backend_ref.clone()) {
-            if self.cfg.network == Network::Host {
+            if !self.private_network() {
                 self.free_display(r.display);
             }
         }
@@ -746,6 +791,19 @@ fn safe_id(id: &str) -> String {
         .collect()
 }
 
+/// Where a session's VNC server listens.
+enum Listen {
+    /// `run/vnc.sock`, no password (only the appliance can enter the directory).
+    Unix,
+    /// 127.0.0.1:port with a VNC password (for guacd).
+    Tcp {
+        /// The port.
+        port: u16,
+        /// The password (8 characters: VNC authentication uses 8).
+        password: String,
+    },
+}
+
 fn session_script(
     xvnc: &str,
     display: u32,
@@ -753,15 +811,23 @@ fn session_script(
     name: &str,
     wm: Option<&[String]>,
     command: &[String],
+    listen: &Listen,
 ) -> String {
+    let listen_args = match listen {
+        Listen::Unix => format!(
+            "-SecurityTypes None -rfbunixpath {RUN_IN_SANDBOX}/vnc.sock -rfbunixmode 0600 -rfbport -1"
+        ),
+        Listen::Tcp { port, .. } => format!(
+            "-SecurityTypes VncAuth -PasswordFile {RUN_IN_SANDBOX}/passwd -rfbport {port} -localhost"
+        ),
+    };
     let wm_line = match wm {
         Some(w) if !w.is_empty() => format!("{} &\n", shell_words(w)),
         _ => String::new(),
     };
     format!(
         r#"# Generated by daas-appliance: one desktop session.
-{xvnc} :{display} -geometry {w}x{h} -depth 24 -SecurityTypes None \
-  -rfbunixpath {run}/vnc.sock -rfbunixmode 0600 -rfbport -1 -nolisten tcp \
+{xvnc} :{display} -geometry {w}x{h} -depth 24 {listen_args} -nolisten tcp \
   -desktop {name} -AlwaysShared -AcceptSetDesktopSize &
 xpid=$!
 i=0
@@ -779,7 +845,6 @@ exit $status
         xvnc = shell_quote(xvnc),
         w = g.width,
         h = g.height,
-        run = RUN_IN_SANDBOX,
         name = shell_quote(name),
         cmd = shell_words(command),
     )
@@ -820,21 +885,56 @@ fn find_program(name: &str) -> Option<PathBuf> {
 }
 
 /// Whether a VNC server answers on the socket with its version banner.
-async fn vnc_ready(sock: &Path) -> bool {
+async fn vnc_ready(target: &Target) -> bool {
     use tokio::io::AsyncReadExt;
-    let Ok(Ok(mut s)) = tokio::time::timeout(
-        Duration::from_millis(200),
-        tokio::net::UnixStream::connect(sock),
-    )
-    .await
+    let mut banner = [0u8; 12];
+    let wait = Duration::from_millis(200);
+    let read = Duration::from_millis(500);
+    let got = match target {
+        Target::Unix { path } => {
+            match tokio::time::timeout(wait, tokio::net::UnixStream::connect(path)).await {
+                Ok(Ok(mut s)) => tokio::time::timeout(read, s.read_exact(&mut banner)).await,
+                _ => return false,
+            }
+        }
+        Target::Tcp { host, port } => {
+            match tokio::time::timeout(wait, tokio::net::TcpStream::connect((host.as_str(), *port)))
+                .await
+            {
+                Ok(Ok(mut s)) => tokio::time::timeout(read, s.read_exact(&mut banner)).await,
+                _ => return false,
+            }
+        }
+    };
+    matches!(got, Ok(Ok(_)) if banner.starts_with(b"RFB "))
+}
+
+/// Whether no X server holds display `n` on this host's network namespace
+/// (its abstract socket `@/tmp/.X11-unix/X<n>`).
+fn display_free(n: u32) -> bool {
+    use std::os::linux::net::SocketAddrExt;
+    let Ok(addr) =
+        std::os::unix::net::SocketAddr::from_abstract_name(format!("/tmp/.X11-unix/X{n}"))
     else {
         return false;
     };
-    let mut banner = [0u8; 12];
-    matches!(
-        tokio::time::timeout(Duration::from_millis(500), s.read_exact(&mut banner)).await,
-        Ok(Ok(_)) if banner.starts_with(b"RFB ")
-    )
+    std::os::unix::net::UnixListener::bind_addr(&addr).is_ok()
+        && !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn random_password() -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut r = rand::rngs::OsRng;
+    (0..8)
+        .map(|_| char::from(CHARS[r.gen_range(0..CHARS.len())]))
+        .collect()
 }
 
 fn session_pid(dir: &Path) -> Option<u32> {
@@ -1018,6 +1118,7 @@ mod tests {
             "My app",
             None,
             &["xterm".into(), "-e".into(), "echo 'hi'; id".into()],
+            &Listen::Unix,
         );
         assert!(s.contains(r"xterm -e 'echo '\''hi'\''; id'"), "{s}");
         assert!(s.contains("-desktop 'My app'"));

@@ -111,7 +111,8 @@ fn build() -> Routes {
             "/api/v1/jobs/{id}/logs/stream",
             &["get"],
             get(job_logs_stream),
-        );
+        )
+        .add("/api/v1/tunnel", &["get"], get(super::tunnel::tunnel));
     for phase in Phase::ALL.iter().copied() {
         let base = format!("/api/v1/{}/{{id}}", phase.plural());
         r = r
@@ -346,6 +347,13 @@ async fn metrics(State(st): St) -> Response {
             &samples,
         );
     }
+    metric(
+        "daas_tunnels_open",
+        "Guacamole tunnels open now.",
+        "gauge",
+        &[(String::new(), st.tunnels.count() as u64)],
+    );
+    out.push_str(&st.gateway.prometheus_text());
     (
         [(
             header::CONTENT_TYPE,

@@ -81,7 +81,7 @@ export function Apps() {
           return (
             <li class="app-card" key={app.id} data-app={app.name}>
               <span class="app-icon" aria-hidden="true">
-                {(app.name || '?').trim().charAt(0).toUpperCase()}
+                {initials(app.name)}
               </span>
               <div class="app-main">
                 <h2 class="app-name">{app.name}</h2>
@@ -113,4 +113,11 @@ export function Apps() {
       </p>
     </section>
   );
+}
+
+/** Two letters for an app's tile: "Office Writer" → "OW", "XTerm" → "XT". */
+function initials(name) {
+  const words = String(name || '?').trim().split(/\s+/);
+  const s = words.length > 1 ? words[0][0] + words[1][0] : [...words[0]].slice(0, 2).join('');
+  return s.toUpperCase();
 }

@@ -224,6 +224,11 @@ test('users: create, disable, enable, reset a password; open sessions: stop one'
       await tab.getByText('This desktop was stopped.').waitFor({ timeout: 15000 });
       assert.equal(await tab.locator('.desktop-page').getAttribute('data-phase'), 'ended');
       await page.getByText('No open sessions.').waitFor({ timeout: 20000 });
+
+    // System: the configured backends and the reconciler's orphans.
+    await page.getByRole('link', { name: 'System' }).click();
+    await page.locator('tr[data-backend="local"]').waitFor();
+    await page.getByText('No orphans.').waitFor();
     },
   ),
 );

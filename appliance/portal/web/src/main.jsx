@@ -12,6 +12,7 @@ import { JobDetail, Jobs } from './jobs.jsx';
 import { Users } from './users.jsx';
 import { Sessions } from './sessions.jsx';
 import { Account } from './account.jsx';
+import { System } from './system.jsx';
 import { loadGuacamole } from './guac.js';
 
 const isDesktop = (p) => p.startsWith('/desktop/') || p.startsWith('/open/');
@@ -136,6 +137,7 @@ function Page({ path, me }) {
   if ((m = match('/jobs/:id', path))) return <JobDetail id={m.id} />;
   if (path === '/admin/users' && me.role === 'admin') return <Users me={me} />;
   if (path === '/admin/sessions' && me.role === 'admin') return <Sessions me={me} />;
+  if (path === '/admin/system' && me.role === 'admin') return <System />;
   if (path === '/account') return <Account me={me} />;
   setTitle('Not found');
   return (
@@ -154,6 +156,7 @@ const NAV = [
   ['/jobs', 'Jobs', false],
   ['/admin/users', 'Users', true],
   ['/admin/sessions', 'Sessions', true],
+  ['/admin/system', 'System', true],
 ];
 
 function Shell({ me, path, children, onLogout }) {

@@ -45,8 +45,12 @@ after(async () => {
   if (app) await app.stop();
 });
 
+/** Uncaught errors of any page: a test ends with none. */
+const pageErrors = [];
+
 async function context(opts) {
   const c = await newContext(browser, app.url, opts);
+  c.on('weberror', (e) => pageErrors.push(`${e.page() ? e.page().url() : ''}: ${e.error().stack || e.error()}`));
   contexts.push(c);
   return c;
 }
@@ -151,6 +155,7 @@ test('log in, open XTerm, type, clipboard both ways, resize, stop', { skip }, ()
       );
       await tab.getByText('This desktop was stopped.').waitFor({ timeout: 15000 });
       await tab.close();
+      assert.deepEqual(pageErrors, [], 'no uncaught errors in the pages');
     },
   ),
 );

@@ -158,6 +158,15 @@ export class RemoteSession {
     display.oncursor = (canvas, x, y) => {
       localCursor = mouse.setCursor(canvas, x, y);
     };
+    // A hidden remote cursor arrives as a 0×0 image, which
+    // guacamole-common-js cannot draw (it throws mid-frame): hide ours.
+    const setCursor = display.setCursor;
+    display.setCursor = (hx, hy, layer, sx, sy, sw, sh) => {
+      if (sw > 0 && sh > 0) return setCursor.call(display, hx, hy, layer, sx, sy, sw, sh);
+      localCursor = true;
+      el.style.cursor = 'none';
+      return undefined;
+    };
     const send = (e) => {
       if (client !== this.client || !this.inputOn) return;
       this.activity();

@@ -247,7 +247,12 @@ export async function openApp(page, name) {
 
 /** Waits until the desktop tab shows a desktop: at least `minColours` colours. */
 export function firstFrame(tab, ms = 10000, minColours = 3) {
-  return until(() => canvasInfo(tab), (c) => c.w > 0 && c.distinct >= minColours, 'a desktop on the canvas', ms);
+  return until(
+    () => canvasInfo(tab),
+    (c) => c.w > 0 && c.distinct >= minColours,
+    'a desktop on the canvas',
+    ms,
+  );
 }
 
 /** The instance's home on the local backend (files the desktop writes). */

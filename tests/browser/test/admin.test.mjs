@@ -171,6 +171,43 @@ test('a Baseimage through every phase to an App, from the portal alone', { skip 
   ),
 );
 
+test('a failing script: the job and the object say why; Retry runs it again; Delete removes it', { skip }, () =>
+  screenshotsOnFailure(
+    'failing-script',
+    () => contexts,
+    async () => {
+      const ctx = await context();
+      const page = await ctx.newPage();
+      await login(page, app.url, 'admin', ADMIN_PW);
+      await page.goto(`${app.url}/lifecycle/baseimages`);
+      await page.getByRole('button', { name: 'New Baseimage' }).click();
+      const form = page.getByRole('dialog');
+      await form.getByLabel('Name', { exact: true }).fill('Broken image');
+      await form.getByRole('button', { name: 'Add script' }).click();
+      await form.getByLabel('Script name').fill('breaks');
+      await form.getByLabel('Shell script').fill('echo about to fail; exit 3');
+      await form.getByRole('button', { name: 'Create Baseimage' }).click();
+      const panel = page.getByRole('region', { name: 'Create baseimage “Broken image”' });
+      await panel.locator('.badge', { hasText: 'Failed' }).waitFor({ timeout: 30000 });
+      await panel.getByRole('log').getByText('about to fail').waitFor();
+      const row = page.locator('tr[data-object="Broken image"]');
+      await row.locator('.badge', { hasText: 'Failed' }).waitFor({ timeout: 10000 });
+      assert.ok((await row.locator('.error').innerText()).length > 0, 'the row says why');
+
+      await row.getByRole('button', { name: 'Retry' }).click();
+      await page.getByRole('region', { name: 'Retry “Broken image”' }).locator('.badge', { hasText: 'Failed' }).waitFor({ timeout: 30000 });
+
+      await row.getByRole('button', { name: 'Delete Broken image' }).click();
+      await page.getByRole('dialog').getByRole('button', { name: 'Delete' }).click();
+      await page
+        .getByRole('region', { name: 'Delete “Broken image”' })
+        .locator('.badge', { hasText: 'Succeeded' })
+        .waitFor({ timeout: 30000 });
+      await row.waitFor({ state: 'detached', timeout: 10000 });
+    },
+  ),
+);
+
 test('users: create, disable, enable, reset a password; open sessions: stop one', { skip }, () =>
   screenshotsOnFailure(
     'users-sessions',
@@ -225,10 +262,10 @@ test('users: create, disable, enable, reset a password; open sessions: stop one'
       assert.equal(await tab.locator('.desktop-page').getAttribute('data-phase'), 'ended');
       await page.getByText('No open sessions.').waitFor({ timeout: 20000 });
 
-    // System: the configured backends and the reconciler's orphans.
-    await page.getByRole('link', { name: 'System' }).click();
-    await page.locator('tr[data-backend="local"]').waitFor();
-    await page.getByText('No orphans.').waitFor();
+      // System: the configured backends and the reconciler's orphans.
+      await page.getByRole('link', { name: 'System' }).click();
+      await page.locator('tr[data-backend="local"]').waitFor();
+      await page.getByText('No orphans.').waitFor();
     },
   ),
 );

@@ -96,7 +96,6 @@ test('log in, open XTerm, type, clipboard both ways, resize, stop', { skip }, ()
         'the canvas to change after typing',
       );
 
-
       // Clipboard out: the desktop copies "café-out" (xclip), the browser's clipboard gets it.
       await typeLine(tab, "printf 'caf\\303\\251-out' | xclip -selection clipboard -i");
       await until(
@@ -161,33 +160,49 @@ test('log in, open XTerm, type, clipboard both ways, resize, stop', { skip }, ()
 );
 
 test('a German keyboard: umlauts, ß and a dead key reach the desktop as typed', { skip }, () =>
-  screenshotsOnFailure('german-keyboard', () => contexts, async () => {
-    const ctx = await context({ locale: 'de-DE' });
-    const page = await ctx.newPage();
-    await login(page, app.url, 'admin', ADMIN_PW);
-    const tab = await openApp(page, 'XTerm');
-    await firstFrame(tab);
-    await tab.bringToFront();
-    await tab.mouse.move(400, 300);
-    const iid = instanceIdOf(tab);
-    // What Chromium reports for keys of a German layout: the produced
-    // character as the key, the US position as the code; a dead key first
-    // reports "Dead", then the composed character.
-    const cdp = await ctx.newCDPSession(tab);
-    const key = async (k, code, vk, text) => {
-      await cdp.send('Input.dispatchKeyEvent', { type: text ? 'keyDown' : 'rawKeyDown', key: k, code, windowsVirtualKeyCode: vk, text, unmodifiedText: text });
-      await cdp.send('Input.dispatchKeyEvent', { type: 'keyUp', key: k, code, windowsVirtualKeyCode: vk });
-    };
-    await tab.keyboard.type('echo ', { delay: 5 });
-    await key('ü', 'BracketLeft', 186, 'ü');
-    await key('ß', 'Minus', 219, 'ß');
-    await key('Dead', 'Equal', 221);
-    await key('é', 'KeyE', 69, 'é');
-    await typeLine(tab, ' > ~/de.txt');
-    const file = join(instanceHome(app, iid), 'de.txt');
-    await until(() => (existsSync(file) ? readFileSync(file, 'utf8') : null), (t) => t === 'üßé\n', `${file} to hold üßé`);
-    await tab.close();
-  }));
+  screenshotsOnFailure(
+    'german-keyboard',
+    () => contexts,
+    async () => {
+      const ctx = await context({ locale: 'de-DE' });
+      const page = await ctx.newPage();
+      await login(page, app.url, 'admin', ADMIN_PW);
+      const tab = await openApp(page, 'XTerm');
+      await firstFrame(tab);
+      await tab.bringToFront();
+      await tab.mouse.move(400, 300);
+      const iid = instanceIdOf(tab);
+      // What Chromium reports for keys of a German layout: the produced
+      // character as the key, the US position as the code; a dead key first
+      // reports "Dead", then the composed character.
+      const cdp = await ctx.newCDPSession(tab);
+      const key = async (k, code, vk, text) => {
+        await cdp.send('Input.dispatchKeyEvent', {
+          type: text ? 'keyDown' : 'rawKeyDown',
+          key: k,
+          code,
+          windowsVirtualKeyCode: vk,
+          text,
+          unmodifiedText: text,
+        });
+        await cdp.send('Input.dispatchKeyEvent', { type: 'keyUp', key: k, code, windowsVirtualKeyCode: vk });
+      };
+      await tab.keyboard.type('echo ', { delay: 5 });
+      await key('ü', 'BracketLeft', 186, 'ü');
+      await key('ß', 'Minus', 219, 'ß');
+      await key('Dead', 'Equal', 221);
+      await key('é', 'KeyE', 69, 'é');
+      await typeLine(tab, ' > ~/de.txt');
+      const file = join(instanceHome(app, iid), 'de.txt');
+      await until(
+        () => (existsSync(file) ? readFileSync(file, 'utf8') : null),
+        (t) => t === 'üßé\n',
+        `${file} to hold üßé`,
+      );
+      await tab.close();
+    },
+  ),
+);
 
 test('a dropped tunnel reconnects to the same desktop', { skip }, () =>
   screenshotsOnFailure(
@@ -244,25 +259,30 @@ test('a dropped tunnel reconnects to the same desktop', { skip }, () =>
 );
 
 test('a stalled connection shows "unstable", which goes away when data flows again', { skip }, () =>
-  screenshotsOnFailure('unstable', () => contexts, async () => {
-    const ctx = await context();
-    const page = await ctx.newPage();
-    await login(page, app.url, 'admin', ADMIN_PW);
-    const tab = await openApp(page, 'XTerm');
-    await firstFrame(tab);
-    const banner = tab.getByRole('status').filter({ hasText: 'Unstable connection' });
-    // Freeze the appliance: nothing arrives for longer than the 1.5 s guacamole-common-js allows.
-    process.kill(app.child.pid, 'SIGSTOP');
-    try {
-      await banner.waitFor({ timeout: 6000 });
-    } finally {
-      process.kill(app.child.pid, 'SIGCONT');
-    }
-    await banner.waitFor({ state: 'hidden', timeout: 10000 });
-    assert.equal(await tab.locator('.desktop-page').getAttribute('data-phase'), 'connected');
-    assert.equal(await tab.evaluate(() => window.daasDesktop.connects), 1, 'the same connection, not a new one');
-    await tab.close();
-  }));
+  screenshotsOnFailure(
+    'unstable',
+    () => contexts,
+    async () => {
+      const ctx = await context();
+      const page = await ctx.newPage();
+      await login(page, app.url, 'admin', ADMIN_PW);
+      const tab = await openApp(page, 'XTerm');
+      await firstFrame(tab);
+      const banner = tab.getByRole('status').filter({ hasText: 'Unstable connection' });
+      // Freeze the appliance: nothing arrives for longer than the 1.5 s guacamole-common-js allows.
+      process.kill(app.child.pid, 'SIGSTOP');
+      try {
+        await banner.waitFor({ timeout: 6000 });
+      } finally {
+        process.kill(app.child.pid, 'SIGCONT');
+      }
+      await banner.waitFor({ state: 'hidden', timeout: 10000 });
+      assert.equal(await tab.locator('.desktop-page').getAttribute('data-phase'), 'connected');
+      assert.equal(await tab.evaluate(() => window.daasDesktop.connects), 1, 'the same connection, not a new one');
+      await tab.close();
+    },
+  ),
+);
 
 test('the idle warning counts down, input resets it, then the tab disconnects', { skip }, () =>
   screenshotsOnFailure(

@@ -3,7 +3,18 @@
 // files and headers it is served with.
 import { after, before, beforeEach, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ADMIN_PW, firstFrame, launch, login, missing, newContext, screenshotsOnFailure, sleep, startAppliance, stopAll } from '../lib/harness.mjs';
+import {
+  ADMIN_PW,
+  firstFrame,
+  launch,
+  login,
+  missing,
+  newContext,
+  screenshotsOnFailure,
+  sleep,
+  startAppliance,
+  stopAll,
+} from '../lib/harness.mjs';
 
 const skip = missing() || false;
 if (skip) console.error(`SKIPPED browser tests: ${skip}`);

@@ -2,7 +2,7 @@
 import './style.css';
 import { render } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
-import { api, get, setUnauthorizedHandler } from './api.js';
+import { api, setUnauthorizedHandler } from './api.js';
 import { match, navigate, safeNext, useLocation } from './router.js';
 import { ErrorText, Link, setTitle } from './ui.jsx';
 import { Login } from './login.jsx';
@@ -220,6 +220,3 @@ function Shell({ me, path, children, onLogout }) {
 }
 
 render(<App />, document.getElementById('root'));
-
-// Keep `get` reachable for the console while debugging.
-export { get };

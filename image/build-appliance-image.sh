@@ -52,6 +52,7 @@ while [ $# -gt 0 ]; do
 done
 
 log() { printf '[image] %s\n' "$*" >&2; }
+trap 'echo "[image] error: line $LINENO: $BASH_COMMAND" >&2' ERR
 die() { printf '[image] error: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (debootstrap, chroot, file owners in the image)"
 
@@ -148,7 +149,7 @@ if [ ! -s "$BASE" ]; then
   printf '#!/bin/sh\nexit 101\n' >"$ROOT/usr/sbin/policy-rc.d"; chmod 755 "$ROOT/usr/sbin/policy-rc.d"
   mkdir -p "$ROOT/etc/initramfs-tools/conf.d"
   printf '# The appliance image: a smaller initramfs.\nCOMPRESS=zstd\n' >"$ROOT/etc/initramfs-tools/conf.d/daas-image.conf"
-  cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+  rm -f "$ROOT/etc/resolv.conf"; cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
   mount_all
   in_root apt-get update -qq >/dev/null
   # shellcheck disable=SC2086
@@ -182,7 +183,7 @@ else
   mkdir -p "$ROOT"
   tar -C "$ROOT" --xattrs --xattrs-include='*' --numeric-owner -xf "$BASE"
   printf '#!/bin/sh\nexit 101\n' >"$ROOT/usr/sbin/policy-rc.d"; chmod 755 "$ROOT/usr/sbin/policy-rc.d"
-  cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+  rm -f "$ROOT/etc/resolv.conf"; cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
   mount_all
   mkdir -p "$ROOT/tmp/debs"
   cp "${debs[@]}" "$ROOT/tmp/debs/"
@@ -299,7 +300,7 @@ EOF
   qemu-img convert -f raw -O qcow2 -c "$RAW" "$WORK/$NAME.qcow2"
 
   # Keep the two newest other images (e.g. a test variant and the plain one).
-  ls -dt "$CACHE"/image-* 2>/dev/null | tail -n +3 | xargs -r rm -rf
+  { ls -dt "$CACHE"/image-* 2>/dev/null || true; } | tail -n +3 | xargs -r rm -rf
   mkdir -p "$cached"
   mv "$RAW" "$WORK/$NAME.qcow2" "$WORK/$NAME.packages" "$cached/"
   echo "$image_key" >"$cached/key"

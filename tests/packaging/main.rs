@@ -221,6 +221,89 @@ fn packaged_config_matches_configs() {
     );
 }
 
+/// `Key=value` settings of a unit file (the last one of each key wins, as
+/// in systemd, except that an empty value resets a list).
+fn unit_settings(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.starts_with('['))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+fn unit_value<'a>(settings: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    settings.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// The hardening that would break the local backend's bubblewrap sandboxes
+/// is not there, and what the docs promise is.
+#[test]
+fn units_keep_what_bubblewrap_needs() {
+    let app = fs::read_to_string(repo().join("packaging/systemd/daas-appliance.service")).unwrap();
+    let s = unit_settings(&app);
+    for (k, v) in [
+        ("Type", "notify"),
+        ("WatchdogSec", "30s"),
+        ("Restart", "on-failure"),
+        ("User", "daas"),
+        ("StateDirectory", "daas"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("PrivateTmp", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("SystemCallArchitectures", "native"),
+        ("LockPersonality", "yes"),
+        ("KillMode", "process"),
+    ] {
+        assert_eq!(unit_value(&s, k), Some(v), "daas-appliance.service: {k}");
+    }
+    // bwrap mounts a new /proc in a user namespace: nothing may cover /proc.
+    // ProtectHostname's seccomp filter refuses sethostname() in the session's
+    // own uts namespace too (bwrap --hostname).
+    for k in ["ProtectKernelTunables", "ProtectKernelLogs", "PrivateUsers", "ProtectHostname"] {
+        assert!(
+            !matches!(unit_value(&s, k), Some("yes" | "true" | "1")),
+            "daas-appliance.service: {k}=yes breaks bubblewrap (packaging/README.md)"
+        );
+    }
+    assert_ne!(unit_value(&s, "ProcSubset"), Some("pid"), "ProcSubset=pid breaks bubblewrap");
+    let ns = unit_value(&s, "RestrictNamespaces").unwrap_or("no");
+    for needed in ["user", "mnt", "pid", "ipc", "uts", "net"] {
+        assert!(
+            ns == "no" || ns.split_whitespace().any(|n| n == needed),
+            "RestrictNamespaces={ns} refuses {needed}, which bubblewrap needs"
+        );
+    }
+    let af = unit_value(&s, "RestrictAddressFamilies").unwrap_or_default();
+    assert!(af.contains("AF_NETLINK"), "bwrap sets up the session's loopback over netlink: {af}");
+    let filter = unit_value(&s, "SystemCallFilter").unwrap_or_default();
+    assert!(!filter.contains("@mount") && !filter.contains("@system-service"), "bwrap needs mount and sethostname: {filter}");
+
+    let agent = fs::read_to_string(repo().join("packaging/systemd/daas-agent.service")).unwrap();
+    let s = unit_settings(&agent);
+    assert_eq!(unit_value(&s, "Type"), Some("notify"));
+    assert_eq!(unit_value(&s, "StateDirectory"), Some("daas-agent"));
+    let caps: Vec<&str> = unit_value(&s, "CapabilityBoundingSet").unwrap_or_default().split_whitespace().collect();
+    let mut sorted = caps.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        [
+            "CAP_CHOWN",
+            "CAP_KILL",
+            "CAP_NET_ADMIN",
+            "CAP_NET_BIND_SERVICE",
+            "CAP_NET_RAW",
+            "CAP_SETGID",
+            "CAP_SETUID"
+        ],
+        "daas-agent.service: the capabilities (each explained in packaging/README.md)"
+    );
+    assert_ne!(unit_value(&s, "ProtectProc"), Some("invisible"), "the agent reads /proc/<pid>/comm of dnsmasq");
+}
+
 #[test]
 fn lintian_is_clean() -> Result<()> {
     if !is_root() {

@@ -708,3 +708,192 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::backend::{Capabilities, Inventory, Orphan, Started};
+
+    /// Fails `create` with a retryable error `flaky` times, then succeeds;
+    /// `run_script` fails permanently when the script says so.
+    struct Flaky {
+        flaky: u32,
+        calls: AtomicU32,
+    }
+
+    #[async_trait]
+    impl Backend for Flaky {
+        fn kind(&self) -> BackendKind {
+            BackendKind::Local
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::default()
+        }
+        async fn check(&self) -> Result<(), BackendError> {
+            Ok(())
+        }
+        async fn create(
+            &self,
+            _: &Object,
+            _: Option<&Object>,
+            _: &JobLog,
+        ) -> Result<serde_json::Value, BackendError> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            if n < self.flaky {
+                return Err(BackendError::Unavailable {
+                    message: format!("busy ({n})"),
+                    source: None,
+                });
+            }
+            Ok(serde_json::json!({ "made": true }))
+        }
+        async fn run_script(
+            &self,
+            _: &Object,
+            s: &Script,
+            _: &JobLog,
+            _: &CancellationToken,
+        ) -> Result<(), BackendError> {
+            if s.run == "fail" {
+                return Err(BackendError::failed("the script failed"));
+            }
+            Ok(())
+        }
+        async fn finalize(
+            &self,
+            o: &Object,
+            _: &JobLog,
+        ) -> Result<serde_json::Value, BackendError> {
+            Ok(o.backend_ref.clone())
+        }
+        async fn delete(&self, _: &Object, _: &JobLog) -> Result<(), BackendError> {
+            Ok(())
+        }
+        async fn start(&self, _: StartRequest<'_>, _: &JobLog) -> Result<Started, BackendError> {
+            Err(BackendError::failed("not used"))
+        }
+        async fn stop(&self, _: &Instance, _: &JobLog) -> Result<(), BackendError> {
+            Ok(())
+        }
+        async fn inventory(&self) -> Result<Inventory, BackendError> {
+            Ok(Inventory::default())
+        }
+        async fn remove_orphan(&self, _: &Orphan) -> Result<(), BackendError> {
+            Ok(())
+        }
+    }
+
+    async fn run(flaky: u32, max_attempts: u32, script: &str) -> (Job, Vec<JobStep>, Object, u32) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        let backend = Arc::new(Flaky {
+            flaky,
+            calls: AtomicU32::new(0),
+        });
+        let mut backends = Backends::default();
+        backends.insert(backend.clone());
+        let cfg = config::Jobs {
+            workers: 2,
+            max_attempts,
+            retry_backoff_ms: 1,
+        };
+        let engine = Engine::new(store.clone(), backends, cfg);
+        let (_tx, rx) = mpsc::unbounded_channel();
+        engine.start(CancellationToken::new(), rx);
+        let user = store.create_user("a", Role::Admin, "x").unwrap();
+        let spec = Spec {
+            config_auto: vec![Script {
+                name: "s".into(),
+                run: script.into(),
+                timeout_secs: 5,
+            }],
+            ..Spec::default()
+        };
+        let obj = Object {
+            id: new_id(),
+            phase: Phase::Baseimage,
+            name: "b".into(),
+            parent_id: None,
+            owner_id: user.id.clone(),
+            kind: Kind::Container,
+            platform: Platform::Linux,
+            protocol: Protocol::Vnc,
+            backend: BackendKind::Local,
+            subphase: Subphase::Create,
+            status: ObjectStatus::Busy,
+            error: None,
+            shared: false,
+            spec: spec.clone(),
+            backend_ref: serde_json::Value::Null,
+            created_at: now(),
+            updated_at: now(),
+        };
+        let job = crate::store::NewJob {
+            id: new_id(),
+            kind: JobKind::Create,
+            object_id: Some(obj.id.clone()),
+            instance_id: None,
+            user_id: user.id.clone(),
+            steps: crate::lifecycle::plan(Phase::Baseimage, Subphase::Create, &spec),
+        };
+        let j = store.insert_object_with_job(&obj, &job, None).unwrap();
+        engine.submit(&j.id);
+        for _ in 0..500 {
+            if store.job(&j.id).unwrap().state.is_final() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let calls = backend.calls.load(Ordering::SeqCst);
+        (
+            store.job(&j.id).unwrap(),
+            store.job_steps(&j.id).unwrap(),
+            store.object(&obj.id).unwrap(),
+            calls,
+        )
+    }
+
+    #[tokio::test]
+    async fn retryable_errors_are_retried_with_backoff() {
+        let (job, steps, obj, calls) = run(2, 3, "ok").await;
+        assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+        assert_eq!(calls, 3, "two failures, then success");
+        assert!(steps.iter().all(|s| s.state == StepState::Done));
+        assert_eq!(
+            (obj.subphase, obj.status),
+            (Subphase::Ready, ObjectStatus::Idle)
+        );
+        assert_eq!(obj.backend_ref, serde_json::json!({ "made": true }));
+    }
+
+    #[tokio::test]
+    async fn retries_stop_at_max_attempts() {
+        let (job, steps, obj, calls) = run(5, 3, "ok").await;
+        assert_eq!(job.state, JobState::Failed);
+        assert_eq!(calls, 3);
+        assert!(job.error.unwrap().contains("busy"));
+        assert_eq!(steps[0].state, StepState::Failed);
+        assert_eq!(
+            (obj.subphase, obj.status),
+            (Subphase::Create, ObjectStatus::Failed)
+        );
+    }
+
+    #[tokio::test]
+    async fn permanent_errors_fail_at_once_and_keep_the_checkpoint() {
+        let (job, steps, obj, _) = run(0, 3, "fail").await;
+        assert_eq!(job.state, JobState::Failed);
+        assert!(job.error.unwrap().contains("the script failed"));
+        // Create and the subphase change are done; the script step failed.
+        assert_eq!(steps[0].state, StepState::Done);
+        assert_eq!(steps[2].state, StepState::Failed);
+        assert_eq!(
+            (obj.subphase, obj.status),
+            (Subphase::ConfigAuto, ObjectStatus::Failed)
+        );
+    }
+}

@@ -313,7 +313,15 @@ impl Appliance {
         state.ready.store(false, Ordering::Release);
         let drained = engine.drain(grace);
         let served = server;
-        let _ = tokio::join!(drained, served);
+        // Tunnels were told SESSION_CLOSED by the cancelled token; give them
+        // a moment to deliver it before the runtime goes away.
+        let tunnels = async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+            while state.tunnels.count() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let _ = tokio::join!(drained, served, tunnels);
         info!("stopped");
         Ok(())
     }

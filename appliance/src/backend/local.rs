@@ -837,6 +837,7 @@ while [ ! -S /tmp/.X11-unix/X{display} ]; do
   sleep 0.01
 done
 export DISPLAY=:{display}
+if [ -f "$HOME/.Xresources" ] && command -v xrdb >/dev/null; then xrdb -merge "$HOME/.Xresources"; fi
 {wm_line}{cmd}
 status=$?
 kill $xpid 2>/dev/null

@@ -23,10 +23,21 @@ pub fn state_dir() -> tempfile::TempDir {
     d
 }
 
+/// Writes a config; lines of `extra` before its first table header go into
+/// `[server]`, the rest is appended.
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let p = dir.join("appliance.toml");
+    let split = extra
+        .find("\n[")
+        .map(|i| i + 1)
+        .unwrap_or(if extra.starts_with('[') {
+            0
+        } else {
+            extra.len()
+        });
+    let (server, tables) = extra.split_at(split);
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ntls = \"off\"\n[paths]\nstate_dir = \"{}\"\n[reconciler]\ninterval_secs = 1\n{extra}",
+        "[server]\nlisten = \"127.0.0.1:0\"\ntls = \"off\"\n{server}\n[paths]\nstate_dir = \"{}\"\n[reconciler]\ninterval_secs = 1\n{tables}",
         dir.join("state").display()
     );
     std::fs::write(&p, text).unwrap();

@@ -150,6 +150,32 @@ async fn builtin_engine_shows_the_desktop_and_tickets_work_once() {
     );
 }
 
+#[tokio::test]
+async fn sigterm_closes_open_tunnels_with_session_closed() {
+    let d = Daemon::start("", true);
+    let c = d.admin().await;
+    let app = demo_app(&c).await;
+    let (_, o) = c.post_empty(&format!("/api/v1/apps/{app}/open")).await;
+    c.job_ok(&o).await;
+    let iid = o["instance"]["id"].as_str().unwrap().to_owned();
+    let t = ticket(&c, &iid).await;
+    let (mut ws, _) = open_ws(&d, &t, "").await;
+    let _ = read_until(&mut ws, |s| s.contains("4.sync,")).await;
+    let dir = d.dir.path().to_owned();
+    let stopper = std::thread::spawn(move || d.terminate());
+    let (text, close) = read_until(&mut ws, |s| s.contains("5.error,")).await;
+    assert!(text.contains(",3.523;"), "SESSION_CLOSED: {text}");
+    let _ = close;
+    assert!(stopper.join().unwrap(), "clean exit");
+    // The desktop itself outlives the appliance; clean it up.
+    for pid in session_pids(&dir) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 /// A guacd 1.6 stand-in: handshake as guacd does, then proves the display
 /// it was given is a VNC server (password included) by connecting to it.
 async fn guacd_stand_in(listener: tokio::net::TcpListener) -> Value {

@@ -176,8 +176,9 @@ async fn hanging_up_between_messages_closes_the_session() -> Result<()> {
     let e = expect_error(&mut b).await;
     assert!(matches!(e, EngineError::ServerClosed), "{e:?}");
     assert_eq!(e.status(), Status::SessionClosed);
-    // It had started: the browser got the size.
-    assert!(b.log.iter().any(|i| i.opcode == "size"));
+    // Whether the browser got the size before the hang-up is a race between
+    // the engine's first flush and the server's close; the status is what
+    // the tunnel reports either way.
     Ok(())
 }
 

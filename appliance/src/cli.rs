@@ -44,6 +44,13 @@ pub enum Command {
     /// Database maintenance.
     #[command(subcommand)]
     Db(DbCmd),
+    /// Print the appliance's public SSH key for guests (made on first use,
+    /// in the state directory), for `daas-guest-proxy install --authorized-key`.
+    GuestKey {
+        /// Print the SHA-256 fingerprint instead of the key.
+        #[arg(long)]
+        fingerprint: bool,
+    },
 }
 
 /// `user` subcommands.
@@ -167,6 +174,16 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Serve { demo } => serve(cfg, demo),
+        Command::GuestKey { fingerprint } => {
+            let key = crate::guest::ssh::ApplianceKey::load_or_create(&cfg.paths.state_dir)
+                .map_err(|e| crate::jobs::error_chain(&e))?;
+            if fingerprint {
+                println!("{}", key.fingerprint());
+            } else {
+                println!("{}", key.public_openssh());
+            }
+            Ok(())
+        }
         Command::User(cmd) => {
             let store = store(&cfg)?;
             match cmd {

@@ -263,6 +263,12 @@ impl Engine {
         Ok(jobs.len())
     }
 
+    /// The log of a stored job, for work done on its behalf outside a
+    /// worker (and for tests of what backends write).
+    pub fn job_log(&self, job_id: &str) -> JobLog {
+        self.log(job_id)
+    }
+
     fn log(&self, job_id: &str) -> JobLog {
         JobLog {
             sink: Some((

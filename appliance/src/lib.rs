@@ -22,6 +22,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod guest;
 pub mod jobs;
 pub mod lifecycle;
 pub mod model;
@@ -70,6 +71,9 @@ pub enum StartError {
     /// TLS could not be set up.
     #[error("cannot set up TLS")]
     Tls(#[from] web::serve::TlsError),
+    /// The appliance's SSH key for guests could not be made or read.
+    #[error("cannot set up the appliance's guest key")]
+    GuestKey(#[source] guest::GuestError),
 }
 
 /// Options of `serve`.
@@ -120,6 +124,10 @@ impl Appliance {
         }
         let store = Store::open(&store_path)?;
         info!(path = %store_path.display(), version = store.schema_version()?, "store ready");
+        // The key guests trust (docs/guest-proxy.md): made at first start.
+        let guest_key = guest::ssh::ApplianceKey::load_or_create(&cfg.paths.state_dir)
+            .map_err(StartError::GuestKey)?;
+        info!(fingerprint = %guest_key.fingerprint(), "guest key ready");
 
         let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
         let mut backends = Backends::default();

@@ -21,7 +21,10 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::model::*;
 
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_guest_host_keys.sql"),
+];
 const READERS: usize = 4;
 
 /// A failure of the store.
@@ -1046,6 +1049,71 @@ impl Store {
     }
 }
 
+/// A guest host key pinned at first contact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedHostKey {
+    /// `instance:<id>` or `object:<id>`.
+    pub subject: String,
+    /// OpenSSH public key text without comment.
+    pub public_key: String,
+    /// `SHA256:...`
+    pub fingerprint: String,
+    /// When it was pinned.
+    pub pinned_at: Timestamp,
+}
+
+impl Store {
+    // ---- guest host keys ---------------------------------------------------
+
+    /// The key pinned for `subject`, if any.
+    pub fn guest_host_key(&self, subject: &str) -> Result<Option<PinnedHostKey>> {
+        Ok(self
+            .reader()
+            .query_row(
+                "SELECT subject, public_key, fingerprint, pinned_at FROM guest_host_keys WHERE subject = ?1",
+                [subject],
+                |r| {
+                    Ok(PinnedHostKey {
+                        subject: r.get(0)?,
+                        public_key: r.get(1)?,
+                        fingerprint: r.get(2)?,
+                        pinned_at: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Pins `public_key` for `subject` unless a key is pinned already, and
+    /// returns the key in force (the earlier one if there was one: the
+    /// caller compares). One statement, so two first contacts cannot both win.
+    pub fn pin_guest_host_key(
+        &self,
+        subject: &str,
+        public_key: &str,
+        fingerprint: &str,
+    ) -> Result<PinnedHostKey> {
+        {
+            let c = self.writer();
+            c.execute(
+                "INSERT INTO guest_host_keys (subject, public_key, fingerprint, pinned_at)
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (subject) DO NOTHING",
+                params![subject, public_key, fingerprint, now()],
+            )?;
+        }
+        self.guest_host_key(subject)?.ok_or(StoreError::NotFound)
+    }
+
+    /// Forgets the pin of `subject` (its guest is gone for good, or an
+    /// admin accepted a rebuilt guest). Returns whether there was one.
+    pub fn forget_guest_host_key(&self, subject: &str) -> Result<bool> {
+        let n = self
+            .writer()
+            .execute("DELETE FROM guest_host_keys WHERE subject = ?1", [subject])?;
+        Ok(n > 0)
+    }
+}
+
 /// What ending a job changes besides the job row.
 #[derive(Debug, Clone, Default)]
 pub struct FinishEffects {
@@ -1291,6 +1359,21 @@ mod tests {
         drop(s);
         let s = Store::open(&p).unwrap();
         assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn guest_host_keys_pin_once() {
+        let (_d, s) = store();
+        assert_eq!(s.guest_host_key("instance:a").unwrap(), None);
+        let p = s.pin_guest_host_key("instance:a", "ssh-ed25519 AAA1", "SHA256:one").unwrap();
+        assert_eq!(p.public_key, "ssh-ed25519 AAA1");
+        // a second, different key does not replace the pin
+        let p = s.pin_guest_host_key("instance:a", "ssh-ed25519 AAA2", "SHA256:two").unwrap();
+        assert_eq!(p.fingerprint, "SHA256:one");
+        assert!(s.forget_guest_host_key("instance:a").unwrap());
+        assert!(!s.forget_guest_host_key("instance:a").unwrap());
+        let p = s.pin_guest_host_key("instance:a", "ssh-ed25519 AAA2", "SHA256:two").unwrap();
+        assert_eq!(p.fingerprint, "SHA256:two");
     }
 
     #[test]

@@ -29,7 +29,10 @@ const PUT_SIZE: usize = 100 << 20;
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let proxy = PathBuf::from(args.next().expect("usage: bench_guest PROXY_BINARY [DEST_DIR]"));
+    let proxy = PathBuf::from(
+        args.next()
+            .expect("usage: bench_guest PROXY_BINARY [DEST_DIR]"),
+    );
     let proxy = std::fs::canonicalize(&proxy).expect("the proxy binary");
     let work = tempfile::Builder::new()
         .prefix("bench-guest-")
@@ -54,7 +57,11 @@ async fn main() {
         format!("restrict {}\n", key.public_openssh()),
     )
     .unwrap();
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     std::fs::write(
         d.join("sshd_config"),
         format!(
@@ -93,12 +100,29 @@ async fn main() {
     };
     let reference = CommandConnector {
         argv: [
-            "/usr/bin/ssh", "-F", "/dev/null", "-T", "-i",
+            "/usr/bin/ssh",
+            "-F",
+            "/dev/null",
+            "-T",
+            "-i",
             &key.path().display().to_string(),
-            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "Ciphers=aes128-gcm@openssh.com", "-o", "Compression=no", "-o", "LogLevel=ERROR",
-            "-p", &port.to_string(), "root@127.0.0.1",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "Ciphers=aes128-gcm@openssh.com",
+            "-o",
+            "Compression=no",
+            "-o",
+            "LogLevel=ERROR",
+            "-p",
+            &port.to_string(),
+            "root@127.0.0.1",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -117,7 +141,12 @@ async fn main() {
 
     let (p50, p99) = pings(&s_ours, 1000).await;
     let (r50, _) = pings(&s_ref, 1000).await;
-    rows.push(row("ping on an open session (median of 1000)", p50, r50, "≤ 1 ms"));
+    rows.push(row(
+        "ping on an open session (median of 1000)",
+        p50,
+        r50,
+        "≤ 1 ms",
+    ));
     rows.push((
         "ping, p99".into(),
         format!("{:.3} ms", p99.as_secs_f64() * 1e3),
@@ -126,7 +155,12 @@ async fn main() {
     ));
     let e = execs(&s_ours, 100).await;
     let re = execs(&s_ref, 100).await;
-    rows.push(row("exec true on an open session (median of 100)", e, re, "≤ 20 ms"));
+    rows.push(row(
+        "exec true on an open session (median of 100)",
+        e,
+        re,
+        "≤ 20 ms",
+    ));
     let mut fresh = Vec::new();
     let mut fresh_ref = Vec::new();
     for _ in 0..20 {
@@ -166,7 +200,12 @@ async fn main() {
     let _ = sshd.wait();
 }
 
-fn row(name: &str, ours: Duration, reference: Duration, target: &str) -> (String, String, String, String) {
+fn row(
+    name: &str,
+    ours: Duration,
+    reference: Duration,
+    target: &str,
+) -> (String, String, String, String) {
     (
         name.into(),
         format!("{:.3} ms", ours.as_secs_f64() * 1e3),
@@ -174,7 +213,11 @@ fn row(name: &str, ours: Duration, reference: Duration, target: &str) -> (String
         format!(
             "{:.2}×{}",
             ours.as_secs_f64() / reference.as_secs_f64(),
-            if target.is_empty() { String::new() } else { format!(" (target {target})") }
+            if target.is_empty() {
+                String::new()
+            } else {
+                format!(" (target {target})")
+            }
         ),
     )
 }

@@ -190,7 +190,11 @@ impl Session {
             .map_err(|e| GuestError::Encode(e.to_string()))?;
         let (tx, rx) = mpsc::channel(CALL_QUEUE);
         {
-            let mut p = self.shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let mut p = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if self.shared.closed.is_cancelled() {
                 return Err(self.disconnected());
             }
@@ -450,7 +454,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 Incoming::Event { id, event } => (id, Reply::Event(event)),
                 Incoming::Data { id, stream, data } => (id, Reply::Data(stream, data)),
                 Incoming::Result { id, result } => (id, Reply::Done(Ok(result))),
-                Incoming::Error { id: Some(id), error } => (id, Reply::Done(Err(error))),
+                Incoming::Error {
+                    id: Some(id),
+                    error,
+                } => (id, Reply::Done(Err(error))),
                 Incoming::Error { id: None, error } => {
                     warn!(code = ?error.code, message = %error.message, "the guest-proxy reported a connection error");
                     continue;

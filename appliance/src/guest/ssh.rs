@@ -56,7 +56,8 @@ impl ApplianceKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(err(format!("cannot read it: {e}"))),
         }
-        std::fs::create_dir_all(state_dir).map_err(|e| err(format!("cannot create its directory: {e}")))?;
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| err(format!("cannot create its directory: {e}")))?;
         let mut seed = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
         let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
@@ -114,11 +115,14 @@ impl ApplianceKey {
                 "its mode is {mode:04o}; it must be readable by the appliance only (chmod 600)"
             )));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read it: {e}")))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| err(format!("cannot read it: {e}")))?;
         let key = PrivateKey::from_openssh(text.as_bytes())
             .map_err(|e| err(format!("not an OpenSSH private key: {e}")))?;
         if key.is_encrypted() {
-            return Err(err("it is encrypted; the appliance needs it without a passphrase".into()));
+            return Err(err(
+                "it is encrypted; the appliance needs it without a passphrase".into(),
+            ));
         }
         Ok(ApplianceKey {
             key: Arc::new(key),
@@ -136,7 +140,10 @@ impl ApplianceKey {
 
     /// `SHA256:...` of the public key.
     pub fn fingerprint(&self) -> String {
-        self.key.public_key().fingerprint(HashAlg::Sha256).to_string()
+        self.key
+            .public_key()
+            .fingerprint(HashAlg::Sha256)
+            .to_string()
     }
 
     /// The key file.

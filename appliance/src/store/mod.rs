@@ -1365,14 +1365,20 @@ mod tests {
     fn guest_host_keys_pin_once() {
         let (_d, s) = store();
         assert_eq!(s.guest_host_key("instance:a").unwrap(), None);
-        let p = s.pin_guest_host_key("instance:a", "ssh-ed25519 AAA1", "SHA256:one").unwrap();
+        let p = s
+            .pin_guest_host_key("instance:a", "ssh-ed25519 AAA1", "SHA256:one")
+            .unwrap();
         assert_eq!(p.public_key, "ssh-ed25519 AAA1");
         // a second, different key does not replace the pin
-        let p = s.pin_guest_host_key("instance:a", "ssh-ed25519 AAA2", "SHA256:two").unwrap();
+        let p = s
+            .pin_guest_host_key("instance:a", "ssh-ed25519 AAA2", "SHA256:two")
+            .unwrap();
         assert_eq!(p.fingerprint, "SHA256:one");
         assert!(s.forget_guest_host_key("instance:a").unwrap());
         assert!(!s.forget_guest_host_key("instance:a").unwrap());
-        let p = s.pin_guest_host_key("instance:a", "ssh-ed25519 AAA2", "SHA256:two").unwrap();
+        let p = s
+            .pin_guest_host_key("instance:a", "ssh-ed25519 AAA2", "SHA256:two")
+            .unwrap();
         assert_eq!(p.fingerprint, "SHA256:two");
     }
 

@@ -130,8 +130,8 @@ async fn main() {
         hello_timeout: Duration::from_secs(10),
     };
 
-    let content: Vec<u8> = (0..PUT_SIZE as u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+    let content: Vec<u8> = (0..PUT_SIZE)
+        .map(|i| i.wrapping_mul(2654435761).to_le_bytes()[1])
         .collect();
     let sha = hex::encode(sha2::Sha256::digest(&content));
 

@@ -246,15 +246,17 @@ struct SshTransport {
 
 fn ssh_config(t: &SshTimeouts) -> client::Config {
     use russh::cipher;
-    let mut preferred = russh::Preferred::default();
-    // AES-GCM first: hardware AES makes it the fastest here.
-    preferred.cipher = std::borrow::Cow::Owned(vec![
-        cipher::AES_128_GCM,
-        cipher::AES_256_GCM,
-        cipher::CHACHA20_POLY1305,
-        cipher::AES_256_CTR,
-        cipher::AES_128_CTR,
-    ]);
+    let preferred = russh::Preferred {
+        // AES-GCM first: hardware AES makes it the fastest here.
+        cipher: std::borrow::Cow::Owned(vec![
+            cipher::AES_128_GCM,
+            cipher::AES_256_GCM,
+            cipher::CHACHA20_POLY1305,
+            cipher::AES_256_CTR,
+            cipher::AES_128_CTR,
+        ]),
+        ..Default::default()
+    };
     client::Config {
         keepalive_interval: Some(t.keepalive),
         keepalive_max: 3,

@@ -821,8 +821,8 @@ async fn a_connection_dropped_mid_transfer_leaves_nothing_and_a_retry_works() {
             ..Default::default()
         },
     ));
-    let data: Vec<u8> = (0..(48u32 << 20))
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+    let data: Vec<u8> = (0..(48usize << 20))
+        .map(|i| i.wrapping_mul(2654435761).to_le_bytes()[1])
         .collect();
     let data = Arc::new(data);
     let target = g.tree().join("big.bin");

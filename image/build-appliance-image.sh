@@ -169,7 +169,7 @@ fi
 image_key=$( {
   echo "$base_key"
   sha256sum "${debs[@]}" | cut -d' ' -f1
-  (cd "$HERE/appliance" && find . -type f -print0 | sort -z | xargs -0 sha256sum)
+  (cd "$HERE/appliance" && find . -type f ! -name README.md -print0 | sort -z | xargs -0 sha256sum)
   [ -z "$OVERLAY" ] || (cd "$OVERLAY" && find . -type f -print0 | sort -z | xargs -0 sha256sum)
   sha256sum "$0" | cut -d' ' -f1
   echo "$ESP_MIB $FREE_MIB"

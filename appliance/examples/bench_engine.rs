@@ -154,13 +154,16 @@ async fn main() {
             &admin,
             Phase::Deployment,
             &d.item.id,
-            new(
-                "a",
-                Spec {
-                    command: vec!["true".into()],
-                    ..Spec::default()
-                },
-            ),
+            NewObject {
+                shared: true,
+                ..new(
+                    "a",
+                    Spec {
+                        command: vec!["true".into()],
+                        ..Spec::default()
+                    },
+                )
+            },
         )
         .unwrap();
     wait(&store, &a.job.id).await;

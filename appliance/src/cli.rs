@@ -51,6 +51,23 @@ pub enum Command {
         #[arg(long)]
         fingerprint: bool,
     },
+    /// Nodes: join tokens and the registry.
+    #[command(subcommand)]
+    Node(NodeCmd),
+}
+
+/// `node` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// Make a one-time join token and print it (`daas1.…`, shown once);
+    /// on the node: `daas-agent join https://APPLIANCE --token TOKEN`.
+    Token {
+        /// Minutes until it expires (default `[nodes] token_ttl_minutes`).
+        #[arg(long)]
+        ttl_minutes: Option<u32>,
+    },
+    /// List the nodes (removed ones too).
+    List,
 }
 
 /// `user` subcommands.
@@ -253,6 +270,42 @@ fn run(cli: Cli) -> Result<(), String> {
                 .create_token(&u.id, &name, &auth::hash_secret(&secret), expires)
                 .map_err(|e| e.to_string())?;
             println!("{secret}");
+            Ok(())
+        }
+        Command::Node(cmd) => {
+            let store = store(&cfg)?;
+            match cmd {
+                NodeCmd::Token { ttl_minutes } => {
+                    if !cfg.tls_enabled() {
+                        return Err(crate::nodes::NodeError::TlsOff.to_string());
+                    }
+                    let fp = crate::web::serve::certificate_fingerprint(&cfg)
+                        .map_err(|e| crate::jobs::error_chain(&e))?
+                        .parse()
+                        .map_err(|e: daas_agent_api::FingerprintError| e.to_string())?;
+                    let nodes = crate::nodes::Nodes::new(
+                        store,
+                        cfg.nodes.clone(),
+                        &cfg.paths.state_dir,
+                        Some(fp),
+                    );
+                    let t = nodes
+                        .create_token(ttl_minutes, None)
+                        .map_err(|e| crate::jobs::error_chain(&e))?;
+                    println!("{}", t.token);
+                }
+                NodeCmd::List => {
+                    for n in store.nodes(true).map_err(|e| e.to_string())? {
+                        println!(
+                            "{}\t{}\t{}\t{}",
+                            n.id,
+                            n.name,
+                            n.state,
+                            n.api_addr.as_deref().unwrap_or("-")
+                        );
+                    }
+                }
+            }
             Ok(())
         }
         Command::Db(DbCmd::Backup { dest }) => {

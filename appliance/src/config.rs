@@ -63,6 +63,10 @@ pub struct Config {
     pub log: Log,
     /// The backends.
     pub backends: Backends,
+    /// Nodes joined to this appliance.
+    pub nodes: Nodes,
+    /// The agent on this node.
+    pub agent: Agent,
 }
 
 /// `[server]`.
@@ -335,6 +339,48 @@ impl Default for LocalBackend {
     }
 }
 
+/// `[nodes]`: joining nodes and their heartbeats.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Nodes {
+    /// Seconds between a node's heartbeats (told to agents at join and in
+    /// every heartbeat answer).
+    pub heartbeat_interval_secs: u32,
+    /// Heartbeats missed in a row after which a node is unavailable.
+    pub missed_heartbeats: u32,
+    /// Minutes a join token stays valid unless told otherwise.
+    pub token_ttl_minutes: u32,
+}
+
+impl Default for Nodes {
+    fn default() -> Self {
+        Nodes {
+            heartbeat_interval_secs: 5,
+            missed_heartbeats: 3,
+            token_ttl_minutes: 60,
+        }
+    }
+}
+
+/// `[agent]`: the `daas-agent` on this node (static DHCP leases).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Agent {
+    /// The agent's unix socket; unset: no local agent.
+    pub socket: Option<PathBuf>,
+    /// Seconds one call to an agent may take.
+    pub timeout_secs: u64,
+}
+
+impl Default for Agent {
+    fn default() -> Self {
+        Agent {
+            socket: None,
+            timeout_secs: 10,
+        }
+    }
+}
+
 /// Session network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -469,6 +515,21 @@ impl Config {
         }
         if self.jobs.max_attempts == 0 {
             return err("max_attempts", "must be at least 1".into());
+        }
+        if !(1..=3600).contains(&self.nodes.heartbeat_interval_secs) {
+            return err(
+                "heartbeat_interval_secs",
+                "must be between 1 and 3600".into(),
+            );
+        }
+        if !(1..=100).contains(&self.nodes.missed_heartbeats) {
+            return err("missed_heartbeats", "must be between 1 and 100".into());
+        }
+        if !crate::nodes::TOKEN_TTL_MINUTES.contains(&self.nodes.token_ttl_minutes) {
+            return err("token_ttl_minutes", "must be between 1 and 10080".into());
+        }
+        if self.agent.timeout_secs == 0 {
+            return err("timeout_secs", "must be at least 1".into());
         }
         if !self.paths.state_dir.is_absolute() {
             return err("state_dir", "must be an absolute path".into());

@@ -26,6 +26,7 @@ pub mod guest;
 pub mod jobs;
 pub mod lifecycle;
 pub mod model;
+pub mod nodes;
 pub mod reconcile;
 pub mod store;
 pub mod web;
@@ -98,6 +99,7 @@ pub struct Appliance {
     reconciler: reconcile::Reconciler,
     events: tokio::sync::mpsc::UnboundedReceiver<backend::BackendEvent>,
     shutdown: CancellationToken,
+    local_agent: Option<nodes::agent::AgentLeases>,
 }
 
 /// Checks that `dir` exists (creating it) and is writable.
@@ -150,6 +152,17 @@ impl Appliance {
             backends.insert(Arc::new(local));
         }
 
+        let local_agent = cfg.agent.socket.as_ref().map(|socket| {
+            let client = nodes::agent::AgentClient::unix(
+                socket.clone(),
+                Duration::from_secs(cfg.agent.timeout_secs),
+            );
+            nodes::agent::AgentLeases::new(client, store.clone(), "")
+        });
+        if let Some(l) = &local_agent {
+            backends.set_leases(Arc::new(l.clone()));
+        }
+
         let engine = Engine::new(store.clone(), backends.clone(), cfg.jobs.clone());
         let tickets = Arc::new(auth::Tickets::new(Duration::from_secs(
             cfg.gateway.ticket_ttl_secs,
@@ -180,8 +193,16 @@ impl Appliance {
             addr: cfg.server.listen,
             source,
         })?;
+        let fingerprint = tls_fingerprint.as_deref().and_then(|f| f.parse().ok());
+        let nodes = nodes::Nodes::new(
+            store.clone(),
+            cfg.nodes.clone(),
+            &cfg.paths.state_dir,
+            fingerprint,
+        );
         let shutdown = CancellationToken::new();
         let state = Arc::new(web::AppState {
+            nodes,
             lifecycle,
             cfg: cfg.clone(),
             throttle: auth::Throttle::new(
@@ -209,6 +230,7 @@ impl Appliance {
             reconciler,
             events,
             shutdown,
+            local_agent,
         })
     }
 
@@ -261,6 +283,7 @@ impl Appliance {
             events,
             shutdown,
             tls_fingerprint,
+            local_agent,
         } = self;
 
         // Crash leftovers first: reap orphaned sessions, then resume jobs.
@@ -279,6 +302,11 @@ impl Appliance {
             ));
         }
         spawn_housekeeping(state.clone(), shutdown.clone());
+        tokio::spawn(state.nodes.clone().run_liveness(shutdown.clone()));
+        if let Some(agent) = local_agent {
+            // The appliance holds the truth: the agent's leases become the store's.
+            tokio::spawn(agent.converge_until_done(Duration::from_secs(5), shutdown.clone()));
+        }
         web::tunnel::spawn_instance_watch(state.clone());
 
         let app = web::router(state.clone());

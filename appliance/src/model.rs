@@ -557,6 +557,45 @@ pub struct ApiToken {
     pub last_used_at: Option<Timestamp>,
 }
 
+named_enum!(
+    /// Whether new instances may be placed on a node.
+    NodeState { Available => "available", Unavailable => "unavailable", Removed => "removed" }
+);
+
+/// A node joined to this appliance (its agent reports by heartbeat).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Node {
+    /// Identifier (a UUID; also the DNS label of its certificate name).
+    pub id: String,
+    /// The name it joined with (one DNS label).
+    pub name: String,
+    /// Where its agent's mutual-TLS API listens, `HOST:PORT`.
+    pub api_addr: Option<String>,
+    /// The node's facts from its last heartbeat (or the join).
+    pub facts: serde_json::Value,
+    /// available, unavailable or removed.
+    pub state: NodeState,
+    /// When it joined.
+    pub joined_at: Timestamp,
+    /// When its last heartbeat arrived.
+    pub last_heartbeat_at: Option<Timestamp>,
+    /// When it was removed.
+    pub removed_at: Option<Timestamp>,
+}
+
+/// A one-time join token as listed (never its secret).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct JoinTokenInfo {
+    /// The public id.
+    pub id: String,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// When it stops working.
+    pub expires_at: Timestamp,
+    /// When it was used.
+    pub used_at: Option<Timestamp>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

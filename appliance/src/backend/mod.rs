@@ -216,10 +216,11 @@ pub trait Backend: Send + Sync {
     async fn remove_orphan(&self, orphan: &Orphan) -> Result<(), BackendError>;
 }
 
-/// The configured backends, by kind.
+/// The configured backends, by kind, and the capabilities they share.
 #[derive(Clone, Default)]
 pub struct Backends {
     map: BTreeMap<BackendKind, Arc<dyn Backend>>,
+    leases: Option<Arc<dyn crate::nodes::agent::LeaseAllocator>>,
 }
 
 impl Backends {
@@ -231,6 +232,18 @@ impl Backends {
     /// A backend by kind.
     pub fn get(&self, kind: BackendKind) -> Option<&Arc<dyn Backend>> {
         self.map.get(&kind)
+    }
+
+    /// Sets the lease capability (the local node's agent).
+    pub fn set_leases(&mut self, leases: Arc<dyn crate::nodes::agent::LeaseAllocator>) {
+        self.leases = Some(leases);
+    }
+
+    /// The lease capability: backends whose instances need an address known
+    /// before boot call `allocate_lease(mac, hostname)` and `release(mac)`
+    /// on it. `None` without an agent (the local backend needs none).
+    pub fn leases(&self) -> Option<&Arc<dyn crate::nodes::agent::LeaseAllocator>> {
+        self.leases.as_ref()
     }
 
     /// Every backend.

@@ -24,6 +24,7 @@ use crate::model::*;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_guest_host_keys.sql"),
+    include_str!("migrations/0003_nodes.sql"),
 ];
 const READERS: usize = 4;
 
@@ -110,6 +111,9 @@ pub struct SessionRow {
     /// Absolute expiry.
     pub absolute_expires_at: Timestamp,
 }
+
+/// A join token as checked: its secret hash, expiry and use.
+pub type JoinTokenRow = (String, Timestamp, Option<Timestamp>);
 
 /// What a new job looks like before it is stored.
 #[derive(Debug, Clone)]
@@ -469,6 +473,216 @@ impl Store {
             return Err(StoreError::NotFound);
         }
         Ok(())
+    }
+
+    // ---- nodes ---------------------------------------------------------------
+
+    /// Stores a new join token (by the hash of its secret).
+    pub fn create_join_token(
+        &self,
+        id: &str,
+        secret_hash: &str,
+        created_by: Option<&str>,
+        expires_at: Timestamp,
+    ) -> Result<JoinTokenInfo> {
+        let t = now();
+        self.writer()
+            .execute(
+                "INSERT INTO join_tokens (id, secret_hash, created_by, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, secret_hash, created_by, t, expires_at],
+            )
+            .map_err(|e| StoreError::from_constraint(e, "a join token with that id exists"))?;
+        Ok(JoinTokenInfo {
+            id: id.to_owned(),
+            created_at: t,
+            expires_at,
+            used_at: None,
+        })
+    }
+
+    /// A join token's secret hash, expiry and use, by id.
+    pub fn join_token(&self, id: &str) -> Result<Option<JoinTokenRow>> {
+        Ok(self
+            .reader()
+            .query_row(
+                "SELECT secret_hash, expires_at, used_at FROM join_tokens WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
+    }
+
+    /// Marks a token used, once: true if this call used it (it was unused).
+    pub fn use_join_token(&self, id: &str, at: Timestamp) -> Result<bool> {
+        Ok(self.writer().execute(
+            "UPDATE join_tokens SET used_at = ?2 WHERE id = ?1 AND used_at IS NULL",
+            params![id, at],
+        )? == 1)
+    }
+
+    /// Join tokens, newest first.
+    pub fn join_tokens(&self) -> Result<Vec<JoinTokenInfo>> {
+        let c = self.reader();
+        let mut st = c.prepare_cached(
+            "SELECT id, created_at, expires_at, used_at FROM join_tokens ORDER BY created_at DESC, id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(JoinTokenInfo {
+                id: r.get(0)?,
+                created_at: r.get(1)?,
+                expires_at: r.get(2)?,
+                used_at: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Registers a joined node (available) and links the token to it. A live
+    /// node with the same name is a conflict.
+    pub fn insert_node(&self, node: &Node, secret_hash: &str, token_id: &str) -> Result<()> {
+        let mut c = self.writer();
+        let tx = c.transaction()?;
+        tx.execute(
+            "INSERT INTO nodes (id, name, api_addr, facts, secret_hash, state, joined_at, last_heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                node.id,
+                node.name,
+                node.api_addr,
+                json(&node.facts),
+                secret_hash,
+                node.state.as_str(),
+                node.joined_at,
+                node.last_heartbeat_at
+            ],
+        )
+        .map_err(|e| StoreError::from_constraint(e, "a node with that name exists"))?;
+        tx.execute(
+            "UPDATE join_tokens SET node_id = ?2 WHERE id = ?1",
+            params![token_id, node.id],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A node by id (removed ones included).
+    pub fn node(&self, id: &str) -> Result<Node> {
+        let c = self.reader();
+        let mut st = c.prepare_cached(&format!("SELECT {NODE_COLS} FROM nodes WHERE id = ?1"))?;
+        st.query_row([id], node_from_row)
+            .optional()?
+            .ok_or(StoreError::NotFound)?
+    }
+
+    /// What a heartbeat is checked against: the secret hash and the state.
+    pub fn node_auth(&self, id: &str) -> Result<Option<(String, NodeState)>> {
+        let c = self.reader();
+        let mut st = c.prepare_cached("SELECT secret_hash, state FROM nodes WHERE id = ?1")?;
+        let row = st
+            .query_row([id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .optional()?;
+        match row {
+            None => Ok(None),
+            Some((h, s)) => Ok(Some((h, parse(s)?))),
+        }
+    }
+
+    /// Records a heartbeat: facts, time, sequence; an unavailable node is
+    /// available again. Returns the state before, or `None` when the node
+    /// is unknown, removed, or the sequence did not grow (nothing changed).
+    pub fn record_heartbeat(
+        &self,
+        id: &str,
+        at: Timestamp,
+        started_at: i64,
+        sequence: i64,
+        facts: &str,
+    ) -> Result<Option<NodeState>> {
+        let c = self.writer();
+        let before: Option<String> = c
+            .prepare_cached("SELECT state FROM nodes WHERE id = ?1 AND state != 'removed'")?
+            .query_row([id], |r| r.get(0))
+            .optional()?;
+        let Some(before) = before else {
+            return Ok(None);
+        };
+        let n = c
+            .prepare_cached(
+                "UPDATE nodes SET facts = ?2, last_heartbeat_at = ?3, agent_started_at = ?4, sequence = ?5, state = 'available'
+                 WHERE id = ?1 AND state != 'removed' AND (agent_started_at < ?4 OR (agent_started_at = ?4 AND sequence < ?5))",
+            )?
+            .execute(params![id, facts, at, started_at, sequence])?;
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(Some(parse(before)?))
+    }
+
+    /// Marks available nodes whose last heartbeat is older than `before`
+    /// unavailable; returns their ids.
+    pub fn mark_stale_nodes(&self, before: Timestamp) -> Result<Vec<String>> {
+        let c = self.writer();
+        let mut st = c.prepare_cached(
+            "UPDATE nodes SET state = 'unavailable'
+             WHERE state = 'available' AND (last_heartbeat_at IS NULL OR last_heartbeat_at < ?1)
+             RETURNING id",
+        )?;
+        let rows = st.query_map([before], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Nodes, by name; `removed` includes removed ones.
+    pub fn nodes(&self, removed: bool) -> Result<Vec<Node>> {
+        let c = self.reader();
+        let mut st = c.prepare_cached(&format!(
+            "SELECT {NODE_COLS} FROM nodes WHERE ?1 OR state != 'removed' ORDER BY name, joined_at"
+        ))?;
+        let rows = st.query_map([removed], node_from_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    /// Removes a node (it stays listed as removed; its heartbeats are
+    /// refused). Not found if unknown or already removed.
+    pub fn remove_node(&self, id: &str, at: Timestamp) -> Result<()> {
+        let n = self.writer().execute(
+            "UPDATE nodes SET state = 'removed', removed_at = ?2 WHERE id = ?1 AND state != 'removed'",
+            params![id, at],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// The desired leases of one node's agent (`""` is the local agent).
+    pub fn leases(&self, node_id: &str) -> Result<Vec<(String, String, String)>> {
+        let c = self.reader();
+        let mut st = c.prepare_cached(
+            "SELECT mac, ip, hostname FROM leases WHERE node_id = ?1 ORDER BY mac",
+        )?;
+        let rows = st.query_map([node_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Stores (or replaces) the desired lease of a MAC.
+    pub fn put_lease(&self, node_id: &str, mac: &str, ip: &str, hostname: &str) -> Result<()> {
+        self.writer()
+            .execute(
+                "INSERT INTO leases (mac, node_id, ip, hostname, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (mac) DO UPDATE SET node_id = ?2, ip = ?3, hostname = ?4",
+                params![mac, node_id, ip, hostname, now()],
+            )
+            .map_err(|e| StoreError::from_constraint(e, "the address is leased to another MAC"))?;
+        Ok(())
+    }
+
+    /// Forgets the desired lease of a MAC; true if there was one.
+    pub fn delete_lease(&self, mac: &str) -> Result<bool> {
+        Ok(self
+            .writer()
+            .execute("DELETE FROM leases WHERE mac = ?1", [mac])?
+            == 1)
     }
 
     // ---- objects ------------------------------------------------------------
@@ -1193,6 +1407,28 @@ fn migrate(c: &mut Connection) -> Result<()> {
 fn parse<T: std::str::FromStr<Err = UnknownName>>(s: String) -> Result<T> {
     s.parse()
         .map_err(|e: UnknownName| StoreError::Corrupt(e.to_string()))
+}
+
+const NODE_COLS: &str =
+    "id, name, api_addr, facts, state, joined_at, last_heartbeat_at, removed_at";
+
+fn node_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Node>> {
+    let facts: String = r.get(3)?;
+    let state: String = r.get(4)?;
+    let node = (|| {
+        Ok(Node {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            api_addr: r.get(2)?,
+            facts: serde_json::from_str(&facts)
+                .map_err(|e| StoreError::Corrupt(format!("node facts: {e}")))?,
+            state: parse(state)?,
+            joined_at: r.get(5)?,
+            last_heartbeat_at: r.get(6)?,
+            removed_at: r.get(7)?,
+        })
+    })();
+    Ok(node)
 }
 
 fn user_from_row(r: &Row<'_>) -> rusqlite::Result<Result<User>> {

@@ -112,7 +112,28 @@ fn build() -> Routes {
             &["get"],
             get(job_logs_stream),
         )
-        .add("/api/v1/tunnel", &["get"], get(super::tunnel::tunnel));
+        .add("/api/v1/tunnel", &["get"], get(super::tunnel::tunnel))
+        .add("/api/v1/nodes", &["get"], get(nodes_list))
+        .add(
+            "/api/v1/nodes/tokens",
+            &["get", "post"],
+            get(node_tokens).post(node_token_create),
+        )
+        .add(
+            daas_agent_api::paths::APPLIANCE_JOIN,
+            &["post"],
+            post(node_join).layer(DefaultBodyLimit::max(daas_agent_api::MAX_BODY_BYTES)),
+        )
+        .add(
+            daas_agent_api::paths::APPLIANCE_HEARTBEAT,
+            &["post"],
+            post(node_heartbeat).layer(DefaultBodyLimit::max(daas_agent_api::MAX_BODY_BYTES)),
+        )
+        .add(
+            "/api/v1/nodes/{id}",
+            &["get", "delete"],
+            get(node_get).delete(node_remove),
+        );
     for phase in Phase::ALL.iter().copied() {
         let base = format!("/api/v1/{}/{{id}}", phase.plural());
         r = r
@@ -674,6 +695,103 @@ async fn orphan_remove(
             crate::jobs::error_chain(&e),
         )),
     }
+}
+
+// ---- nodes ----------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewJoinToken {
+    #[serde(default)]
+    ttl_minutes: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodesQuery {
+    /// Include removed nodes.
+    #[serde(default)]
+    removed: bool,
+    /// Only the nodes placement may choose (available, heard from lately).
+    #[serde(default)]
+    placeable: bool,
+}
+
+async fn nodes_list(State(st): St, c: Caller, Query(q): Query<NodesQuery>) -> ApiResult {
+    c.admin()?;
+    let nodes = if q.placeable {
+        st.nodes.placeable()?
+    } else {
+        st.nodes.list(q.removed)?
+    };
+    Ok(items(&nodes))
+}
+
+async fn node_get(State(st): St, c: Caller, Path(id): Path<String>) -> ApiResult {
+    c.admin()?;
+    Ok(Json(st.nodes.get(&id)?).into_response())
+}
+
+async fn node_remove(State(st): St, c: Caller, Path(id): Path<String>) -> ApiResult {
+    c.admin()?;
+    let n = st.nodes.remove(&id)?;
+    tracing::info!(node_id = %n.id, node = %n.name, by = %c.user.name, "node removed");
+    Ok(Json(n).into_response())
+}
+
+async fn node_tokens(State(st): St, c: Caller) -> ApiResult {
+    c.admin()?;
+    Ok(items(&st.nodes.tokens()?))
+}
+
+async fn node_token_create(
+    State(st): St,
+    c: Caller,
+    ApiJson(req): ApiJson<NewJoinToken>,
+) -> ApiResult {
+    let admin = c.admin()?;
+    let t = st.nodes.create_token(req.ttl_minutes, Some(&admin.id))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": t.info.id,
+            "token": t.token.to_string(),
+            "fingerprint": t.token.fingerprint().to_string(),
+            "created_at": t.info.created_at,
+            "expires_at": t.info.expires_at,
+        })),
+    )
+        .into_response())
+}
+
+/// Token auth only (no session): the body carries the one-time token.
+async fn node_join(
+    State(st): St,
+    Extension(ClientAddr(addr)): Extension<ClientAddr>,
+    ApiJson(req): ApiJson<daas_agent_api::JoinRequest>,
+) -> ApiResult {
+    let nodes = st.nodes.clone();
+    // Signing and hashing are CPU work: off the async threads.
+    let resp = tokio::task::spawn_blocking(move || nodes.join(&req, addr))
+        .await
+        .map_err(|_| ApiError::internal())??;
+    Ok((StatusCode::CREATED, Json(resp)).into_response())
+}
+
+/// The node secret as bearer; no session.
+async fn node_heartbeat(
+    State(st): St,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(hb): ApiJson<daas_agent_api::Heartbeat>,
+) -> ApiResult {
+    let secret = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let resp = st.nodes.heartbeat(&id, secret, &hb)?;
+    Ok(Json(resp).into_response())
 }
 
 // ---- objects --------------------------------------------------------------------

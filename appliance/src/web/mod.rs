@@ -51,6 +51,8 @@ pub struct AppState {
     pub tunnels: tunnel::Tunnels,
     /// The gateway's counters.
     pub gateway: Arc<daas_gateway::Metrics>,
+    /// Nodes: join tokens, registry, heartbeats.
+    pub nodes: crate::nodes::Nodes,
 }
 
 /// HTTP request counters by status class.
@@ -132,6 +134,38 @@ impl From<LifecycleError> for ApiError {
             }
             LifecycleError::Store(e) => {
                 tracing::error!(error = %crate::jobs::error_chain(&e), "store failure");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
+impl From<crate::nodes::NodeError> for ApiError {
+    fn from(e: crate::nodes::NodeError) -> Self {
+        use crate::nodes::NodeError as E;
+        use daas_agent_api::ErrorCode as C;
+        let agent = |c: C, m: String| {
+            ApiError::new(
+                StatusCode::from_u16(c.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
+                c.as_str(),
+                m,
+            )
+        };
+        match e {
+            E::InvalidToken | E::Unauthorized | E::UnknownNode | E::NameInUse(_) => {
+                let code = match &e {
+                    E::InvalidToken => C::InvalidToken,
+                    E::Unauthorized => C::Unauthorized,
+                    E::UnknownNode => C::UnknownNode,
+                    _ => C::NodeNameInUse,
+                };
+                agent(code, e.to_string())
+            }
+            E::Invalid(m) => agent(C::InvalidRequest, m),
+            E::TlsOff => ApiError::new(StatusCode::CONFLICT, "tls_required", e.to_string()),
+            E::Store(e) => e.into(),
+            E::Ca(e) => {
+                tracing::error!(error = %crate::jobs::error_chain(&e), "node CA failure");
                 ApiError::internal()
             }
         }

@@ -55,18 +55,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
 /// The TLS server configuration, and the certificate's SHA-256 fingerprint
 /// (nodes pin it when they join).
 pub fn tls_config(cfg: &Config) -> Result<(Arc<rustls::ServerConfig>, String), TlsError> {
-    let (cert_path, key_path) = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
-        (Some(c), Some(k)) => (c.clone(), k.clone()),
-        _ => {
-            let dir = cfg.paths.state_dir.join("tls");
-            let c = dir.join("cert.pem");
-            let k = dir.join("key.pem");
-            if !c.exists() || !k.exists() {
-                make_self_signed(&dir, &c, &k)?;
-            }
-            (c, k)
-        }
-    };
+    let (cert_path, key_path) = cert_paths(cfg)?;
     let cert_pem = std::fs::read(&cert_path).map_err(io(&cert_path))?;
     let key_pem = std::fs::read(&key_path).map_err(io(&key_path))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut &cert_pem[..])
@@ -97,6 +86,42 @@ pub fn tls_config(cfg: &Config) -> Result<(Arc<rustls::ServerConfig>, String), T
         .with_single_cert(certs, key)?;
     sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok((Arc::new(sc), fingerprint))
+}
+
+/// The certificate and key files: the configured ones, or the self-signed
+/// pair in `<state_dir>/tls`, made if missing.
+pub fn cert_paths(cfg: &Config) -> Result<(PathBuf, PathBuf), TlsError> {
+    Ok(match (&cfg.server.tls_cert, &cfg.server.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => {
+            let dir = cfg.paths.state_dir.join("tls");
+            let c = dir.join("cert.pem");
+            let k = dir.join("key.pem");
+            if !c.exists() || !k.exists() {
+                make_self_signed(&dir, &c, &k)?;
+            }
+            (c, k)
+        }
+    })
+}
+
+/// The SHA-256 fingerprint of the TLS certificate the listener serves (the
+/// first of the chain), as the CLI needs it for join tokens: the same as
+/// [`tls_config`] gives, made self-signed if missing.
+pub fn certificate_fingerprint(cfg: &Config) -> Result<String, TlsError> {
+    let (cert_path, _) = cert_paths(cfg)?;
+    let cert_pem = std::fs::read(&cert_path).map_err(io(&cert_path))?;
+    let first = rustls_pemfile::certs(&mut &cert_pem[..])
+        .next()
+        .ok_or_else(|| {
+            TlsError::Pem(format!(
+                "{}: no certificate in the file",
+                cert_path.display()
+            ))
+        })?
+        .map_err(io(&cert_path))?;
+    use sha2::Digest;
+    Ok(hex::encode(sha2::Sha256::digest(first.as_ref())))
 }
 
 fn make_self_signed(dir: &Path, cert: &Path, key: &Path) -> Result<(), TlsError> {

@@ -8,4 +8,5 @@ mod crash;
 mod guest;
 mod harness;
 mod lifecycle;
+mod nodes;
 mod tunnel;

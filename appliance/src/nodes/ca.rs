@@ -202,8 +202,8 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         let key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::new(vec![APPLIANCE_CLIENT_NAME.to_owned()]).unwrap();
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        // The CSR asks for the appliance's name: it is ignored.
+        let p = rcgen::CertificateParams::new(vec![APPLIANCE_CLIENT_NAME.to_owned()]).unwrap();
         let csr = p.serialize_request(&key).unwrap().pem().unwrap();
         let id: NodeId = "n-1".parse().unwrap();
         let pem = ca.sign_node(&csr, &id, "node-a").unwrap();

@@ -474,7 +474,9 @@ async fn three_agents_join_heartbeat_die_return_and_are_removed() {
         "{e}"
     );
     // A replayed (not growing) heartbeat is refused; the real one goes on.
-    let (s, e) = heartbeat_raw(&anon, &ids[2], heartbeat_json(&ids[2], 0), &secret2).await;
+    let mut replay = heartbeat_json(&ids[2], 5);
+    replay["agent_started_at"] = json!(1);
+    let (s, e) = heartbeat_raw(&anon, &ids[2], replay, &secret2).await;
     assert_eq!(
         (s, e["error"]["code"].as_str()),
         (400, Some("invalid_request")),

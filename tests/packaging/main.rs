@@ -125,7 +125,14 @@ fn apt_install(pkgs: &[(&str, &str)]) -> Result<()> {
             run(Command::new("apt-get").args(["-o", "DPkg::Lock::Timeout=600", "update", "-qq"]))?;
         }
         run(Command::new("apt-get")
-            .args(["-o", "DPkg::Lock::Timeout=600", "install", "-y", "-qq", "--no-install-recommends"])
+            .args([
+                "-o",
+                "DPkg::Lock::Timeout=600",
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+            ])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))
     };
@@ -135,7 +142,13 @@ fn apt_install(pkgs: &[(&str, &str)]) -> Result<()> {
 
 /// cargo-deb, installed from crates.io when missing (once per machine).
 fn ensure_cargo_deb() -> Result<()> {
-    let ok = |c: &mut Command| c.stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+    let ok = |c: &mut Command| {
+        c.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
     if ok(Command::new("cargo").args(["deb", "--version"])) {
         return Ok(());
     }
@@ -179,7 +192,11 @@ fn build_debs(out: &Path) -> Result<()> {
             .arg(out)
             .arg(pkg_profile()),
     )?;
-    log(&format!("packages ({}) built in {:.0?}", pkg_profile(), t.elapsed()));
+    log(&format!(
+        "packages ({}) built in {:.0?}",
+        pkg_profile(),
+        t.elapsed()
+    ));
     Ok(())
 }
 
@@ -189,7 +206,11 @@ fn debs_in(dir: &Path) -> Result<Vec<PathBuf>> {
         .filter(|p| p.extension().is_some_and(|e| e == "deb"))
         .collect();
     v.sort();
-    ensure!(v.len() == 3, "expected 3 packages in {}, found {v:?}", dir.display());
+    ensure!(
+        v.len() == 3,
+        "expected 3 packages in {}, found {v:?}",
+        dir.display()
+    );
     Ok(v)
 }
 
@@ -233,7 +254,11 @@ fn unit_settings(text: &str) -> Vec<(String, String)> {
 }
 
 fn unit_value<'a>(settings: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    settings.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    settings
+        .iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 /// The hardening that would break the local backend's bubblewrap sandboxes
@@ -262,13 +287,22 @@ fn units_keep_what_bubblewrap_needs() {
     // bwrap mounts a new /proc in a user namespace: nothing may cover /proc.
     // ProtectHostname's seccomp filter refuses sethostname() in the session's
     // own uts namespace too (bwrap --hostname).
-    for k in ["ProtectKernelTunables", "ProtectKernelLogs", "PrivateUsers", "ProtectHostname"] {
+    for k in [
+        "ProtectKernelTunables",
+        "ProtectKernelLogs",
+        "PrivateUsers",
+        "ProtectHostname",
+    ] {
         assert!(
             !matches!(unit_value(&s, k), Some("yes" | "true" | "1")),
             "daas-appliance.service: {k}=yes breaks bubblewrap (packaging/README.md)"
         );
     }
-    assert_ne!(unit_value(&s, "ProcSubset"), Some("pid"), "ProcSubset=pid breaks bubblewrap");
+    assert_ne!(
+        unit_value(&s, "ProcSubset"),
+        Some("pid"),
+        "ProcSubset=pid breaks bubblewrap"
+    );
     let ns = unit_value(&s, "RestrictNamespaces").unwrap_or("no");
     for needed in ["user", "mnt", "pid", "ipc", "uts", "net"] {
         assert!(
@@ -277,15 +311,24 @@ fn units_keep_what_bubblewrap_needs() {
         );
     }
     let af = unit_value(&s, "RestrictAddressFamilies").unwrap_or_default();
-    assert!(af.contains("AF_NETLINK"), "bwrap sets up the session's loopback over netlink: {af}");
+    assert!(
+        af.contains("AF_NETLINK"),
+        "bwrap sets up the session's loopback over netlink: {af}"
+    );
     let filter = unit_value(&s, "SystemCallFilter").unwrap_or_default();
-    assert!(!filter.contains("@mount") && !filter.contains("@system-service"), "bwrap needs mount and sethostname: {filter}");
+    assert!(
+        !filter.contains("@mount") && !filter.contains("@system-service"),
+        "bwrap needs mount and sethostname: {filter}"
+    );
 
     let agent = fs::read_to_string(repo().join("packaging/systemd/daas-agent.service")).unwrap();
     let s = unit_settings(&agent);
     assert_eq!(unit_value(&s, "Type"), Some("notify"));
     assert_eq!(unit_value(&s, "StateDirectory"), Some("daas-agent"));
-    let caps: Vec<&str> = unit_value(&s, "CapabilityBoundingSet").unwrap_or_default().split_whitespace().collect();
+    let caps: Vec<&str> = unit_value(&s, "CapabilityBoundingSet")
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     let mut sorted = caps.clone();
     sorted.sort_unstable();
     assert_eq!(
@@ -301,7 +344,11 @@ fn units_keep_what_bubblewrap_needs() {
         ],
         "daas-agent.service: the capabilities (each explained in packaging/README.md)"
     );
-    assert_ne!(unit_value(&s, "ProtectProc"), Some("invisible"), "the agent reads /proc/<pid>/comm of dnsmasq");
+    assert_ne!(
+        unit_value(&s, "ProtectProc"),
+        Some("invisible"),
+        "the agent reads /proc/<pid>/comm of dnsmasq"
+    );
 }
 
 #[test]
@@ -316,11 +363,20 @@ fn lintian_is_clean() -> Result<()> {
     let debs = debs_in(dir.path())?;
     let t = Instant::now();
     let out = Command::new("lintian")
-        .args(["--fail-on", "error,warning", "--display-info", "--no-tag-display-limit"])
+        .args([
+            "--fail-on",
+            "error,warning",
+            "--display-info",
+            "--no-tag-display-limit",
+        ])
         .args(&debs)
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    log(&format!("lintian ({:.0?}):\n{text}{}", t.elapsed(), String::from_utf8_lossy(&out.stderr)));
+    log(&format!(
+        "lintian ({:.0?}):\n{text}{}",
+        t.elapsed(),
+        String::from_utf8_lossy(&out.stderr)
+    ));
     ensure!(
         out.status.success(),
         "lintian reports errors or warnings (fix them, or override them with a reason: packaging/README.md)"
@@ -417,7 +473,12 @@ impl Ssh {
     }
 }
 
-async fn wait_ready(http: &reqwest::Client, base: &str, vm: &mut Vm, limit: Duration) -> Result<Duration> {
+async fn wait_ready(
+    http: &reqwest::Client,
+    base: &str,
+    vm: &mut Vm,
+    limit: Duration,
+) -> Result<Duration> {
     let t = Instant::now();
     loop {
         if let Some(st) = vm.exited() {
@@ -467,7 +528,9 @@ async fn appliance_image_boots_under_qemu() -> Result<()> {
         ("zstd", "zstd"),
         ("ssh", "openssh-client"),
     ])?;
-    let work = tempfile::Builder::new().prefix("daas-image-test.").tempdir_in("/var/tmp")?;
+    let work = tempfile::Builder::new()
+        .prefix("daas-image-test.")
+        .tempdir_in("/var/tmp")?;
     let w = work.path();
     let debs = w.join("debs");
     build_debs(&debs)?;
@@ -482,7 +545,10 @@ async fn appliance_image_boots_under_qemu() -> Result<()> {
         .env("DAAS_IMAGE_CACHE", cache_dir())
         .stderr(Stdio::inherit()))?;
     let raw = PathBuf::from(out.trim().lines().last().unwrap_or_default());
-    ensure!(raw.exists(), "the image build printed {out:?}, not an image path");
+    ensure!(
+        raw.exists(),
+        "the image build printed {out:?}, not an image path"
+    );
     let qcow2 = raw.with_extension("qcow2");
     ensure!(qcow2.exists(), "no qcow2 beside {}", raw.display());
     let raw_mib = fs::metadata(&raw)?.len() >> 20;
@@ -532,13 +598,26 @@ async fn appliance_image_boots_under_qemu() -> Result<()> {
     let serial = w.join("serial.log");
     let t_boot = Instant::now();
     let child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-m", "2048", "-smp", "2", "-display", "none", "-no-reboot"])
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "2048",
+            "-smp",
+            "2",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
         .arg("-serial")
         .arg(format!("file:{}", serial.display()))
         .arg("-drive")
         .arg(format!("file={},if=virtio,format=qcow2", disk.display()))
         .arg("-drive")
-        .arg(format!("file={},if=virtio,format=raw,readonly=on", seed_img.display()))
+        .arg(format!(
+            "file={},if=virtio,format=raw,readonly=on",
+            seed_img.display()
+        ))
         .args(["-netdev"])
         .arg(format!(
             "user,id=n0,hostfwd=tcp:127.0.0.1:{https}-:8443,hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
@@ -561,16 +640,25 @@ async fn appliance_image_boots_under_qemu() -> Result<()> {
 
     let ready = wait_ready(&http, &base, &mut vm, Duration::from_secs(600)).await?;
     log(&format!("booted under TCG: /readyz 200 after {ready:.0?}"));
-    let ssh = Ssh { port: ssh_port, key };
+    let ssh = Ssh {
+        port: ssh_port,
+        key,
+    };
     let result = check_running_image(&http, &base, &mut vm, &ssh, admin_pw).await;
     if result.is_err() {
         let journal = ssh
             .run("journalctl -b --no-pager -n 200 -u daas-appliance -u daas-agent -u daas-firstboot; systemctl --failed --no-pager")
             .unwrap_or_else(|e| format!("(no journal over SSH: {e})"));
-        eprintln!("--- console ---\n{}\n--- journal ---\n{journal}", tail(&vm.serial(), 150));
+        eprintln!(
+            "--- console ---\n{}\n--- journal ---\n{journal}",
+            tail(&vm.serial(), 150)
+        );
     }
     result?;
-    log(&format!("image test done in {:.0?} after boot", t_boot.elapsed()));
+    log(&format!(
+        "image test done in {:.0?} after boot",
+        t_boot.elapsed()
+    ));
     Ok(())
 }
 
@@ -595,8 +683,18 @@ async fn check_running_image(
         .json(&serde_json::json!({"username": "admin", "password": admin_pw}))
         .send()
         .await?;
-    ensure!(r.status().is_success(), "login: {} {}", r.status(), r.text().await?);
-    let me: serde_json::Value = http.get(format!("{base}/api/v1/me")).send().await?.json().await?;
+    ensure!(
+        r.status().is_success(),
+        "login: {} {}",
+        r.status(),
+        r.text().await?
+    );
+    let me: serde_json::Value = http
+        .get(format!("{base}/api/v1/me"))
+        .send()
+        .await?
+        .json()
+        .await?;
     log(&format!("logged in: {me}"));
 
     // The demo catalogue (seed: demo = true) is seeded on the first start.
@@ -609,10 +707,17 @@ async fn check_running_image(
             .error_for_status()?
             .json()
             .await?;
-        if let Some(id) = apps["items"].as_array().and_then(|a| a.first()).and_then(|a| a["id"].as_str()) {
+        if let Some(id) = apps["items"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|a| a["id"].as_str())
+        {
             break id.to_owned();
         }
-        ensure!(t.elapsed() < Duration::from_secs(300), "no demo app after 300 s: {apps}");
+        ensure!(
+            t.elapsed() < Duration::from_secs(300),
+            "no demo app after 300 s: {apps}"
+        );
         tokio::time::sleep(Duration::from_secs(3)).await;
     };
 
@@ -624,8 +729,14 @@ async fn check_running_image(
         .await?;
     let status = r.status();
     let body: serde_json::Value = r.json().await?;
-    ensure!(status.as_u16() == 202 || status.is_success(), "open: {status} {body}");
-    let inst = body["instance"]["id"].as_str().context("no instance id")?.to_owned();
+    ensure!(
+        status.as_u16() == 202 || status.is_success(),
+        "open: {status} {body}"
+    );
+    let inst = body["instance"]["id"]
+        .as_str()
+        .context("no instance id")?
+        .to_owned();
     let t = Instant::now();
     loop {
         let s = instance_state(http, base, &inst).await?;
@@ -643,7 +754,10 @@ async fn check_running_image(
             }
             _ => {}
         }
-        ensure!(t.elapsed() < Duration::from_secs(300), "the demo desktop is still {s} after 300 s");
+        ensure!(
+            t.elapsed() < Duration::from_secs(300),
+            "the demo desktop is still {s} after 300 s"
+        );
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     log(&format!("demo desktop running after {:.0?}", t.elapsed()));
@@ -657,11 +771,15 @@ async fn check_running_image(
     ensure!(
         dnsmasq.contains("--interface=daas0"),
         "the agent's managed dnsmasq is not running: {dnsmasq:?}; {}",
-        ssh.run("journalctl -b --no-pager -u daas-agent | tail -n 30").unwrap_or_default()
+        ssh.run("journalctl -b --no-pager -u daas-agent | tail -n 30")
+            .unwrap_or_default()
     );
     let root_size = ssh.run("findmnt -bno SIZE /")?;
     let root_size: u64 = root_size.trim().parse().context("findmnt SIZE")?;
-    ensure!(root_size > 5 << 30, "/ did not grow to the 6 GiB disk: {root_size} bytes");
+    ensure!(
+        root_size > 5 << 30,
+        "/ did not grow to the 6 GiB disk: {root_size} bytes"
+    );
     let sec = ssh.run("systemd-analyze security daas-appliance.service daas-agent.service --no-pager | tail -n 2; echo; systemd-analyze security --no-pager | grep -E 'daas'")?;
     log(&format!("systemd-analyze security:\n{sec}"));
     let boot = ssh.run("systemd-analyze time; systemd-analyze blame --no-pager | head -n 8")?;
@@ -670,13 +788,19 @@ async fn check_running_image(
     // The TLS certificate on the console banner is the one served.
     let fp = ssh.run("openssl x509 -noout -fingerprint -sha256 -in /var/lib/daas/tls/cert.pem | sed 's/^[^=]*=//'")?;
     let issue = ssh.run("cat /run/issue.d/50-daas.issue")?;
-    ensure!(issue.contains(fp.trim()), "the banner lacks the fingerprint {fp}: {issue}");
+    ensure!(
+        issue.contains(fp.trim()),
+        "the banner lacks the fingerprint {fp}: {issue}"
+    );
 
     // A restart of the appliance (an upgrade, the watchdog) keeps the desktop.
     let before = ssh.run("systemctl show -p MainPID --value daas-appliance")?;
     ssh.run("systemctl restart daas-appliance")?;
     let after = ssh.run("systemctl show -p MainPID --value daas-appliance")?;
-    ensure!(before != after, "the appliance did not restart ({before} -> {after})");
+    ensure!(
+        before != after,
+        "the appliance did not restart ({before} -> {after})"
+    );
     wait_ready(http, base, vm, Duration::from_secs(180)).await?;
     let t = Instant::now();
     loop {
@@ -719,7 +843,10 @@ async fn check_running_image(
         if instance_state(http, base, &inst).await? == "stopped" {
             break;
         }
-        ensure!(t.elapsed() < Duration::from_secs(120), "the desktop did not stop");
+        ensure!(
+            t.elapsed() < Duration::from_secs(120),
+            "the desktop did not stop"
+        );
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let _ = std::io::stderr().flush();

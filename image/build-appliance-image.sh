@@ -3,11 +3,12 @@
 # daas-agent (and dnsmasq, the agent's bridge daas0, SSH), bootable by BIOS
 # (syslinux) and UEFI (systemd-boot, Secure Boot off), as raw and qcow2.
 #
-#   sudo image/build-appliance-image.sh [--debs DIR] [--out DIR] [--overlay DIR]
+#   sudo image/build-appliance-image.sh [--debs DIR] [--out DIR] [--format F] [--overlay DIR]
 #
 #   --debs DIR     the daas-*.deb packages to install (default: build them
 #                  with packaging/build-debs.sh)
 #   --out DIR      where the images go (default: image/out)
+#   --format F     both (default), raw or qcow2
 #   --overlay DIR  more files to copy into the root file system (tests)
 #
 # Environment: DAAS_MIRROR (http://deb.debian.org/debian), KERNEL
@@ -15,7 +16,8 @@
 # DAAS_IMAGE_CACHE (/var/cache/daas-image).
 #
 # Output: OUT/daas-appliance-VERSION.raw, .qcow2, .packages (the Debian
-# packages inside), .sha256. Boot: docs/install.md.
+# packages inside), .sha256; the last line printed is the path of the
+# qcow2 (or of the raw with --format raw). Boot: docs/install.md.
 #
 # Caching: debootstrap and the Debian packages (the "base" root file system)
 # are cached in DAAS_IMAGE_CACHE as a tarball keyed by the SHA-256 of their
@@ -23,7 +25,8 @@
 # .debs, this script's base recipe version); the finished images are cached
 # by the SHA-256 of everything that goes into them (the base key, the .debs,
 # image/appliance/, the overlay, this script), so a second build with the
-# same inputs takes seconds. Needs root (chroot, owners in the image) and
+# same inputs takes seconds (the cache keeps the qcow2; the raw is made
+# from it). Needs root (chroot, owners in the image) and
 # Debian's mirror for the first base build.
 set -euo pipefail
 
@@ -41,11 +44,13 @@ FREE_MIB=512           # free space in the root file system of the image
 DEBS=
 OUT=$HERE/out
 OVERLAY=
+FORMAT=both
 while [ $# -gt 0 ]; do
   case "$1" in
     --debs) DEBS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --overlay) OVERLAY=$(cd "$2" && pwd); shift 2 ;;
+    --format) FORMAT=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "build-appliance-image: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -54,6 +59,7 @@ done
 log() { printf '[image] %s\n' "$*" >&2; }
 trap 'echo "[image] error: line $LINENO: $BASH_COMMAND" >&2' ERR
 die() { printf '[image] error: %s\n' "$*" >&2; exit 1; }
+case "$FORMAT" in both|raw|qcow2) ;; *) die "--format: both, raw or qcow2, not $FORMAT" ;; esac
 [ "$(id -u)" = 0 ] || die "run as root (debootstrap, chroot, file owners in the image)"
 
 # ---- host tools -----------------------------------------------------------
@@ -176,7 +182,7 @@ image_key=$( {
 } | sha256sum | cut -c1-16)
 NAME=daas-appliance-$VERSION
 cached=$CACHE/image-$image_key
-if [ -s "$cached/$NAME.qcow2" ] && [ -s "$cached/$NAME.raw" ]; then
+if [ -s "$cached/$NAME.qcow2" ]; then
   log "unchanged inputs: the cached image $cached"
 else
   log "assembling the image"
@@ -204,6 +210,11 @@ else
     grep -q '^manage = true' "$ROOT/etc/daas/agent.toml" &&
     grep -q '^interface = "daas0"' "$ROOT/etc/daas/agent.toml" ||
     die "configs/agent.toml changed: update the agent settings of build-appliance-image.sh"
+  # The appliance uses that agent for the instances' leases.
+  sed -i '/^\[agent\]/,/^\[/{s|^# *socket = "/run/daas-agent/agent.sock"|socket = "/run/daas-agent/agent.sock"|}' \
+    "$ROOT/etc/daas/appliance.toml"
+  grep -q '^socket = "/run/daas-agent/agent.sock"' "$ROOT/etc/daas/appliance.toml" ||
+    die "the packaged appliance.toml has no [agent] socket line: update build-appliance-image.sh"
   in_root daas-agent --config /etc/daas/agent.toml check-config >&2
   in_root runuser -u daas -- daas-appliance --config /etc/daas/appliance.toml check-config >&2
 
@@ -299,18 +310,28 @@ EOF
   rm -f "$ESP_IMG" "$ROOT_IMG"
   qemu-img convert -f raw -O qcow2 -c "$RAW" "$WORK/$NAME.qcow2"
 
-  # Keep the two newest other images (e.g. a test variant and the plain one).
-  { ls -dt "$CACHE"/image-* 2>/dev/null || true; } | tail -n +3 | xargs -r rm -rf
+  rm -f "$RAW"
+  # Keep the newest other image besides this one.
+  { ls -dt "$CACHE"/image-* 2>/dev/null || true; } | tail -n +2 | xargs -r rm -rf
   mkdir -p "$cached"
-  mv "$RAW" "$WORK/$NAME.qcow2" "$WORK/$NAME.packages" "$cached/"
+  mv "$WORK/$NAME.qcow2" "$WORK/$NAME.packages" "$cached/"
   echo "$image_key" >"$cached/key"
 fi
 
-rm -f "$OUT/$NAME.raw" "$OUT/$NAME.qcow2"
-for f in "$NAME.raw" "$NAME.qcow2" "$NAME.packages"; do
-  cp --sparse=always --reflink=auto "$cached/$f" "$OUT/$f"
-done
+rm -f "$OUT/$NAME.raw" "$OUT/$NAME.qcow2" "$OUT/$NAME.sha256"
+cp "$cached/$NAME.packages" "$OUT/"
+made=()
+if [ "$FORMAT" != raw ]; then
+  cp "$cached/$NAME.qcow2" "$OUT/"
+  made+=("$NAME.qcow2")
+fi
+if [ "$FORMAT" != qcow2 ]; then
+  qemu-img convert -f qcow2 -O raw "$cached/$NAME.qcow2" "$OUT/$NAME.raw"
+  made+=("$NAME.raw")
+fi
 touch "$cached"
-(cd "$OUT" && sha256sum "$NAME.raw" "$NAME.qcow2" >"$NAME.sha256")
-log "done: $OUT/$NAME.raw ($(du -m --apparent-size "$OUT/$NAME.raw" | cut -f1) MiB, $(du -m "$OUT/$NAME.raw" | cut -f1) MiB used), $OUT/$NAME.qcow2 ($(du -m "$OUT/$NAME.qcow2" | cut -f1) MiB)"
-echo "$OUT/$NAME.raw"
+(cd "$OUT" && sha256sum "${made[@]}" >"$NAME.sha256")
+for f in "${made[@]}"; do
+  log "done: $OUT/$f ($(du -m --apparent-size "$OUT/$f" | cut -f1) MiB, $(du -m "$OUT/$f" | cut -f1) MiB on disk)"
+done
+echo "$OUT/${made[0]}"

@@ -238,7 +238,7 @@ fn packaged_config_matches_configs() {
         toml_lines(&packaged),
         want,
         "packaging/deb/daas-appliance/appliance.toml must be configs/appliance.toml with \
-         listen = \"0.0.0.0:8443\": copy the change over"
+         listen = \"0.0.0.0:8443\": run packaging/deb/daas-appliance/update-config.sh"
     );
 }
 
@@ -527,6 +527,7 @@ async fn appliance_image_boots_under_qemu() -> Result<()> {
         ("sfdisk", "fdisk"),
         ("zstd", "zstd"),
         ("ssh", "openssh-client"),
+        ("curl", "curl"),
     ])?;
     let work = tempfile::Builder::new()
         .prefix("daas-image-test.")
@@ -535,26 +536,29 @@ async fn appliance_image_boots_under_qemu() -> Result<()> {
     let debs = w.join("debs");
     build_debs(&debs)?;
 
-    // The image, as an installer builds it (cached by the hash of its inputs).
+    // The image, as an installer builds it (cached by the hash of its
+    // inputs); only the qcow2, to spare the disk a 1.5 GiB raw copy.
     let t = Instant::now();
     let out = run(Command::new(repo().join("image/build-appliance-image.sh"))
-        .args(["--debs"])
+        .args(["--format", "qcow2", "--debs"])
         .arg(&debs)
         .arg("--out")
         .arg(w.join("out"))
         .env("DAAS_IMAGE_CACHE", cache_dir())
         .stderr(Stdio::inherit()))?;
-    let raw = PathBuf::from(out.trim().lines().last().unwrap_or_default());
+    let qcow2 = PathBuf::from(out.trim().lines().last().unwrap_or_default());
     ensure!(
-        raw.exists(),
-        "the image build printed {out:?}, not an image path"
+        qcow2.exists() && qcow2.extension().is_some_and(|e| e == "qcow2"),
+        "the image build printed {out:?}, not the qcow2's path"
     );
-    let qcow2 = raw.with_extension("qcow2");
-    ensure!(qcow2.exists(), "no qcow2 beside {}", raw.display());
-    let raw_mib = fs::metadata(&raw)?.len() >> 20;
+    let info = run(Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&qcow2))?;
+    let info: serde_json::Value = serde_json::from_str(&info)?;
+    let virtual_mib = info["virtual-size"].as_u64().unwrap_or_default() >> 20;
     let qcow2_mib = fs::metadata(&qcow2)?.len() >> 20;
     log(&format!(
-        "image built in {:.0?}: raw {raw_mib} MiB, qcow2 {qcow2_mib} MiB",
+        "image built in {:.0?}: qcow2 {qcow2_mib} MiB (a {virtual_mib} MiB disk)",
         t.elapsed()
     ));
 
@@ -697,6 +701,31 @@ async fn check_running_image(
         .await?;
     log(&format!("logged in: {me}"));
 
+    // As a browser logs in to the portal: over HTTP/2 (the appliance's TLS
+    // offers h2, and browsers take it), with the page's Origin.
+    let body = serde_json::json!({"username": "admin", "password": admin_pw}).to_string();
+    let browser = run(Command::new("curl").args([
+        "-sk",
+        "--http2",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version} %{http_code}",
+        "-H",
+        &format!("origin: {base}"),
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        &body,
+        &format!("{base}/api/v1/session"),
+    ]))?;
+    ensure!(
+        browser.trim() == "2 200",
+        "a browser's login (HTTP/2, Origin {base}) answers {browser:?}, not \"2 200\": under \
+         HTTP/2 a request has no Host header, only its authority, so the Origin check must \
+         take the authority (check_origin in appliance/src/web/mod.rs)"
+    );
+
     // The demo catalogue (seed: demo = true) is seeded on the first start.
     let t = Instant::now();
     let app_id = loop {
@@ -772,6 +801,15 @@ async fn check_running_image(
         dnsmasq.contains("--interface=daas0"),
         "the agent's managed dnsmasq is not running: {dnsmasq:?}; {}",
         ssh.run("journalctl -b --no-pager -u daas-agent | tail -n 30")
+            .unwrap_or_default()
+    );
+    let converged = ssh.run(
+        "journalctl -b --no-pager -u daas-appliance | grep -c 'agent leases converged' || true",
+    )?;
+    ensure!(
+        converged.trim() != "0",
+        "the appliance did not reach the agent's socket: {}",
+        ssh.run("journalctl -b --no-pager -u daas-appliance | grep -i agent | tail -n 5")
             .unwrap_or_default()
     );
     let root_size = ssh.run("findmnt -bno SIZE /")?;

@@ -67,6 +67,25 @@ pub struct Config {
     pub nodes: Nodes,
     /// The agent on this node.
     pub agent: Agent,
+    /// `serve --demo`.
+    pub demo: Demo,
+}
+
+/// `[demo]`: what `serve --demo` seeds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Demo {
+    /// The backend the demo catalogue is made on: `local` or `docker`
+    /// (which needs `[backends.docker] enabled` and `demo_image`).
+    pub backend: crate::model::BackendKind,
+}
+
+impl Default for Demo {
+    fn default() -> Self {
+        Demo {
+            backend: crate::model::BackendKind::Local,
+        }
+    }
 }
 
 /// `[server]`.
@@ -297,6 +316,74 @@ pub enum LogFormat {
 pub struct Backends {
     /// `[backends.local]`.
     pub local: LocalBackend,
+    /// `[backends.docker]`.
+    pub docker: DockerBackend,
+}
+
+/// `[backends.docker]`: desktops as containers of a Docker Engine reached
+/// over its unix socket (docs/docker.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DockerBackend {
+    /// Whether the backend is on.
+    pub enabled: bool,
+    /// The engine's unix socket.
+    pub socket: PathBuf,
+    /// The value of the `org.daas.appliance` label that marks what this
+    /// appliance makes; default: an id made at first start and kept in
+    /// `<state_dir>/docker/scope`. Appliances sharing an engine need
+    /// different scopes.
+    pub scope: Option<String>,
+    /// The image the demo Baseimage is made from (`[demo] backend = "docker"`).
+    pub demo_image: Option<String>,
+    /// The user (`UID:GID` or a name in the image) desktops and the
+    /// ConfigAuto scripts of Environments and Deployments run as.
+    /// Baseimage scripts run as root (admins install software there).
+    pub user: String,
+    /// That user's home in the images; App containers start on a copy of it
+    /// on their tmpfs.
+    pub home: String,
+    /// The Xvnc binary inside the images.
+    pub xvnc: String,
+    /// Default desktop size.
+    pub geometry: Geometry,
+    /// Seconds to wait for a container's display.
+    pub start_timeout_secs: u64,
+    /// Size of each App container's `/tmp` tmpfs (which holds its home), MiB.
+    pub tmpfs_mib: u32,
+    /// Memory limit of an App whose spec has none, MiB (0: none).
+    pub default_memory_mib: u32,
+    /// Process limit of an App whose spec has none (0: none).
+    pub default_pids: u32,
+    /// CPU limit of an App whose spec has none, cores (0: none).
+    pub default_cpus: u32,
+    /// Seconds between garbage collections (dangling images, empty
+    /// networks; 0 disables the timer, GC still follows deletes).
+    pub gc_interval_secs: u64,
+}
+
+impl Default for DockerBackend {
+    fn default() -> Self {
+        DockerBackend {
+            enabled: false,
+            socket: PathBuf::from("/var/run/docker.sock"),
+            scope: None,
+            demo_image: None,
+            user: "1000:1000".into(),
+            home: "/home/daas".into(),
+            xvnc: "Xvnc".into(),
+            geometry: Geometry {
+                width: 1280,
+                height: 800,
+            },
+            start_timeout_secs: 20,
+            tmpfs_mib: 256,
+            default_memory_mib: 2048,
+            default_pids: 1024,
+            default_cpus: 0,
+            gc_interval_secs: 300,
+        }
+    }
 }
 
 /// `[backends.local]`: desktops as sandboxed Xvnc sessions on this machine.
@@ -531,6 +618,37 @@ impl Config {
         if self.agent.timeout_secs == 0 {
             return err("timeout_secs", "must be at least 1".into());
         }
+        let d = &self.backends.docker;
+        if self.demo.backend == crate::model::BackendKind::Proxmox {
+            return err(
+                "backend",
+                "the demo catalogue runs on \"local\" or \"docker\"".into(),
+            );
+        }
+        if self.demo.backend == crate::model::BackendKind::Docker
+            && (!d.enabled || d.demo_image.as_deref().is_none_or(str::is_empty))
+        {
+            return err(
+                "backend",
+                "the demo on docker needs [backends.docker] enabled = true and demo_image = \"IMAGE\"".into(),
+            );
+        }
+        if let Some(s) = &d.scope {
+            if s.is_empty()
+                || s.len() > 64
+                || !s
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return err(
+                    "scope",
+                    "1 to 64 letters, digits, '-' or '_'".into(),
+                );
+            }
+        }
+        if d.enabled && !d.socket.is_absolute() {
+            return err("socket", "must be an absolute path".into());
+        }
         if !self.paths.state_dir.is_absolute() {
             return err("state_dir", "must be an absolute path".into());
         }
@@ -651,6 +769,13 @@ mod tests {
                 "insecure_http",
             ),
             ("[jobs]\nworkers = 0\n", 2, "workers"),
+            ("[demo]\nbackend = \"docker\"\n", 2, "demo_image"),
+            (
+                "[backends.docker]\nenabled = true\nscope = \"a b\"\n",
+                3,
+                "scope",
+            ),
+            ("[backends.docker]\nsocket_path = \"/x\"\n", 2, "socket_path"),
             ("[server\n", 1, ""),
         ];
         for (text, line, needle) in cases {

@@ -1,5 +1,7 @@
-//! `serve --demo`: on first start, a demo catalogue on the local backend
-//! that every user may open, made through the real lifecycle and jobs.
+//! `serve --demo`: on first start, a demo catalogue that every user may
+//! open, made through the real lifecycle and jobs, on the local backend or
+//! (`[demo] backend = "docker"`) on Docker from `[backends.docker]
+//! demo_image`.
 
 use std::time::Duration;
 
@@ -38,7 +40,16 @@ pub fn seeded(lc: &Lifecycle) -> bool {
 }
 
 /// Seeds the catalogue as `admin`, waiting for each job.
-pub async fn seed(lc: &Lifecycle, admin: &User) -> Result<(), String> {
+pub async fn seed(
+    lc: &Lifecycle,
+    admin: &User,
+    cfg: &crate::config::Config,
+) -> Result<(), String> {
+    let backend = cfg.demo.backend;
+    let source = match backend {
+        BackendKind::Docker => cfg.backends.docker.demo_image.clone(),
+        _ => None,
+    };
     let new = |name: &str, spec: Spec, shared: bool| NewObject {
         name: name.into(),
         kind: None,
@@ -52,8 +63,15 @@ pub async fn seed(lc: &Lifecycle, admin: &User) -> Result<(), String> {
         .create_baseimage(
             admin,
             NewObject {
-                backend: Some(BackendKind::Local),
-                ..new("Debian desktop", Spec::default(), false)
+                backend: Some(backend),
+                ..new(
+                    "Debian desktop",
+                    Spec {
+                        source,
+                        ..Spec::default()
+                    },
+                    false,
+                )
             },
         )
         .map_err(|e| e.to_string())?;
@@ -88,9 +106,12 @@ pub async fn seed(lc: &Lifecycle, admin: &User) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     wait(lc, &d.job.id).await?;
     for (name, cmd) in APPS {
-        let found = ["/usr/bin", "/usr/local/bin", "/bin"]
-            .iter()
-            .any(|dir| std::path::Path::new(dir).join(cmd[0]).exists());
+        // On the local backend the programs are this machine's; in an
+        // image, the App's own creation checks (and fails without them).
+        let found = backend != BackendKind::Local
+            || ["/usr/bin", "/usr/local/bin", "/bin"]
+                .iter()
+                .any(|dir| std::path::Path::new(dir).join(cmd[0]).exists());
         if !found {
             warn!(
                 app = name,
@@ -106,7 +127,12 @@ pub async fn seed(lc: &Lifecycle, admin: &User) -> Result<(), String> {
         let a = lc
             .derive(admin, Phase::Deployment, &d.item.id, new(name, spec, true))
             .map_err(|e| e.to_string())?;
-        wait(lc, &a.job.id).await?;
+        if let Err(e) = wait(lc, &a.job.id).await {
+            warn!(app = name, error = %e, "demo app skipped");
+            if let Ok(del) = lc.delete(admin, &a.item.id) {
+                let _ = wait(lc, &del.job.id).await;
+            }
+        }
     }
     info!("demo catalogue ready");
     Ok(())

@@ -151,6 +151,23 @@ impl Appliance {
             })?;
             backends.insert(Arc::new(local));
         }
+        if cfg.backends.docker.enabled {
+            let docker = backend::docker::DockerBackend::new(
+                cfg.backends.docker.clone(),
+                &cfg.paths.state_dir,
+                events_tx.clone(),
+            )
+            .map_err(|source| StartError::Backend {
+                backend: "docker",
+                source,
+            })?;
+            use backend::Backend as _;
+            docker.check().await.map_err(|source| StartError::Backend {
+                backend: "docker",
+                source,
+            })?;
+            backends.insert(Arc::new(docker));
+        }
 
         let local_agent = cfg.agent.socket.as_ref().map(|socket| {
             let client = nodes::agent::AgentClient::unix(
@@ -331,10 +348,11 @@ impl Appliance {
 
         if opts.demo && !demo::seeded(&state.lifecycle) {
             let lc = state.lifecycle.clone();
+            let cfg = cfg.clone();
             tokio::spawn(async move {
                 match demo_admin(&lc) {
                     Ok(admin) => {
-                        if let Err(e) = demo::seed(&lc, &admin).await {
+                        if let Err(e) = demo::seed(&lc, &admin, &cfg).await {
                             error!(error = %e, "cannot seed the demo catalogue");
                         }
                     }

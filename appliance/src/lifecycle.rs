@@ -665,6 +665,9 @@ fn check_spec(phase: Phase, spec: Spec) -> Result<Spec> {
     if spec.window_manager.is_some() && phase != Phase::Baseimage {
         return bad("the window manager belongs to the Baseimage".into());
     }
+    if spec.writable_root && phase != Phase::App {
+        return bad("only Apps have a writable_root".into());
+    }
     if spec.live && phase != Phase::Deployment {
         return bad("only Deployments are (live) snapshots".into());
     }

@@ -306,6 +306,10 @@ pub struct Spec {
     /// Apps: resource limits of each instance.
     #[serde(default)]
     pub resources: Resources,
+    /// Apps: the app writes outside its home and `/tmp`, so container
+    /// backends give it a writable root (read-only otherwise).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub writable_root: bool,
     /// Desktop size `WIDTHxHEIGHT` of instances, if not the backend default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub geometry: Option<String>,

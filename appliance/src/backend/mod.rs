@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::jobs::JobLog;
 use crate::model::{BackendKind, Connection, Instance, Object, Script};
 
+pub mod docker;
 pub mod local;
 
 /// What a backend can do, declared by it.

@@ -5,6 +5,7 @@
 mod api;
 mod cli;
 mod crash;
+mod docker;
 mod guest;
 mod harness;
 mod lifecycle;

@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
 use crate::harness::*;
 
-type Ws =
+pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn demo_app(c: &Client) -> String {
@@ -28,7 +28,7 @@ async fn demo_app(c: &Client) -> String {
     panic!("no demo app");
 }
 
-async fn open_ws(d: &Daemon, ticket: &str, extra: &str) -> (Ws, Option<String>) {
+pub async fn open_ws(d: &Daemon, ticket: &str, extra: &str) -> (Ws, Option<String>) {
     let url = format!(
         "{}/api/v1/tunnel?ticket={ticket}{extra}",
         d.url.replace("http://", "ws://")
@@ -45,7 +45,7 @@ async fn open_ws(d: &Daemon, ticket: &str, extra: &str) -> (Ws, Option<String>) 
 }
 
 /// Reads text messages until `pred` holds for the accumulated text.
-async fn read_until(ws: &mut Ws, pred: impl Fn(&str) -> bool) -> (String, Option<(u16, String)>) {
+pub async fn read_until(ws: &mut Ws, pred: impl Fn(&str) -> bool) -> (String, Option<(u16, String)>) {
     let mut all = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -67,7 +67,7 @@ async fn read_until(ws: &mut Ws, pred: impl Fn(&str) -> bool) -> (String, Option
     }
 }
 
-async fn ticket(c: &Client, iid: &str) -> String {
+pub async fn ticket(c: &Client, iid: &str) -> String {
     let (s, t) = c
         .post_empty(&format!("/api/v1/instances/{iid}/connect"))
         .await;

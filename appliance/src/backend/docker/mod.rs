@@ -380,8 +380,12 @@ impl Inner {
     /// Called under the user's lock.
     async fn maybe_remove_network(&self, user: &str) -> Result<(), BackendError> {
         let filter = label_filter(
-            &[self.scope_filter(), format!("{L_OWNER}={user}")],
-            &[("label", &format!("{L_KIND}=instance"))],
+            &[
+                self.scope_filter(),
+                format!("{L_OWNER}={user}"),
+                format!("{L_KIND}=instance"),
+            ],
+            &[],
         );
         let list = self
             .api
@@ -954,6 +958,23 @@ impl Backend for DockerBackend {
         me.remove_container(&build_name(&object.id)).await?;
         if object.phase != Phase::App {
             let image = image_of(&object.id);
+            // Containers of ended instances not yet cleaned up (an exit
+            // being handled, an instance lost in an engine restart) still
+            // hold the image: they are ours and dead, so they go first.
+            let f = label_filter(
+                &[me.scope_filter(), format!("{L_KIND}=instance")],
+                &[("ancestor", &image), ("status", "exited")],
+            );
+            let dead = me
+                .api
+                .get(&format!("/containers/json?all=true&filters={f}"))
+                .await
+                .map_err(err("cannot list containers"))?;
+            for c in dead.as_array().into_iter().flatten() {
+                if let Some(iid) = c["Labels"][L_INSTANCE].as_str() {
+                    me.remove_instance(iid).await?;
+                }
+            }
             ok_if_missing(me.api.delete(&format!("/images/{}", enc(&image))).await)
                 .map_err(err(format!("cannot remove the image {image}")))?;
             log.info(&format!("removed {image}"));

@@ -640,10 +640,7 @@ impl Config {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
-                return err(
-                    "scope",
-                    "1 to 64 letters, digits, '-' or '_'".into(),
-                );
+                return err("scope", "1 to 64 letters, digits, '-' or '_'".into());
             }
         }
         if d.enabled && !d.socket.is_absolute() {
@@ -775,7 +772,11 @@ mod tests {
                 3,
                 "scope",
             ),
-            ("[backends.docker]\nsocket_path = \"/x\"\n", 2, "socket_path"),
+            (
+                "[backends.docker]\nsocket_path = \"/x\"\n",
+                2,
+                "socket_path",
+            ),
             ("[server\n", 1, ""),
         ];
         for (text, line, needle) in cases {

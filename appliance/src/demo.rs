@@ -40,11 +40,7 @@ pub fn seeded(lc: &Lifecycle) -> bool {
 }
 
 /// Seeds the catalogue as `admin`, waiting for each job.
-pub async fn seed(
-    lc: &Lifecycle,
-    admin: &User,
-    cfg: &crate::config::Config,
-) -> Result<(), String> {
+pub async fn seed(lc: &Lifecycle, admin: &User, cfg: &crate::config::Config) -> Result<(), String> {
     let backend = cfg.demo.backend;
     let source = match backend {
         BackendKind::Docker => cfg.backends.docker.demo_image.clone(),

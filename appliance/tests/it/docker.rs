@@ -48,7 +48,10 @@ fn start_dockerd() -> bool {
     // Through a shell that exits at once: dockerd is nobody's child here,
     // as when tests/run starts it, and outlives this test.
     let spawned = Command::new("sh")
-        .args(["-c", "setsid dockerd >>/var/log/dockerd.log 2>&1 </dev/null &"])
+        .args([
+            "-c",
+            "setsid dockerd >>/var/log/dockerd.log 2>&1 </dev/null &",
+        ])
         .status()
         .is_ok_and(|s| s.success());
     if !spawned {
@@ -80,7 +83,13 @@ fn stop_dockerd() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let alive = |pid: i32| {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|st| !st.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            .map(|st| {
+                !st.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
             .unwrap_or(false)
     };
     while Instant::now() < deadline && alive(pid) {
@@ -163,7 +172,9 @@ fn scope() -> String {
 }
 
 fn config(scope: &str, extra: &str) -> String {
-    format!("[backends.docker]\nenabled = true\nscope = \"{scope}\"\nstart_timeout_secs = 30\n{extra}")
+    format!(
+        "[backends.docker]\nenabled = true\nscope = \"{scope}\"\nstart_timeout_secs = 30\n{extra}"
+    )
 }
 
 /// Everything labelled with `scope` that is still there.
@@ -171,9 +182,30 @@ fn leftovers(scope: &str) -> Vec<String> {
     let f = format!("label=org.daas.appliance={scope}");
     let mut out = Vec::new();
     for args in [
-        vec!["ps", "-a", "--filter", &f, "--format", "container {{.Names}}"],
-        vec!["network", "ls", "--filter", &f, "--format", "network {{.Name}}"],
-        vec!["images", "-a", "--filter", &f, "--format", "image {{.ID}} {{.Repository}}"],
+        vec![
+            "ps",
+            "-a",
+            "--filter",
+            &f,
+            "--format",
+            "container {{.Names}}",
+        ],
+        vec![
+            "network",
+            "ls",
+            "--filter",
+            &f,
+            "--format",
+            "network {{.Name}}",
+        ],
+        vec![
+            "images",
+            "-a",
+            "--filter",
+            &f,
+            "--format",
+            "image {{.ID}} {{.Repository}}",
+        ],
     ] {
         let (ok, text) = docker(&args);
         assert!(ok, "docker {args:?}: {text}");
@@ -379,13 +411,22 @@ async fn docker_whole_lifecycle_shows_the_desktop_and_leaves_nothing() {
 
     // The tunnel shows the desktop.
     let t = ticket(&user, &iid).await;
-    let (mut ws, _) = open_ws(&d, &t, "&GUAC_WIDTH=800&GUAC_HEIGHT=600&GUAC_IMAGE=image/png").await;
+    let (mut ws, _) = open_ws(
+        &d,
+        &t,
+        "&GUAC_WIDTH=800&GUAC_HEIGHT=600&GUAC_IMAGE=image/png",
+    )
+    .await;
     let (text, closed) = read_until(&mut ws, |s| {
         s.contains("4.size,1.0,") && (s.contains("3.img,") || s.contains("4.rect,"))
     })
     .await;
     assert!(closed.is_none(), "{text}");
-    assert!(text.contains("4.size,1.0,"), "{}", &text[..200.min(text.len())]);
+    assert!(
+        text.contains("4.size,1.0,"),
+        "{}",
+        &text[..200.min(text.len())]
+    );
     drop(ws);
 
     stop(&user, &iid).await;
@@ -420,7 +461,10 @@ async fn docker_bad_input_and_failing_apps_are_clean_job_errors() {
     .await;
     assert_eq!(j["state"], "failed");
     assert!(
-        j["error"].as_str().unwrap().contains("not on the Docker engine"),
+        j["error"]
+            .as_str()
+            .unwrap()
+            .contains("not on the Docker engine"),
         "{j}"
     );
     let (b2, j) = make(
@@ -454,7 +498,10 @@ async fn docker_bad_input_and_failing_apps_are_clean_job_errors() {
     )
     .await;
     assert_eq!(j["state"], "failed");
-    assert!(j["error"].as_str().unwrap().contains("not in the image"), "{j}");
+    assert!(
+        j["error"].as_str().unwrap().contains("not in the image"),
+        "{j}"
+    );
     delete_ok(&admin, "apps", &a0).await;
 
     // A container that exits at once.
@@ -583,10 +630,7 @@ async fn docker_engine_down_or_restarted_mid_job() {
     stop_dockerd();
     let (iid, j) = open(&admin, &app).await;
     assert_eq!(j["state"], "failed", "{j}");
-    assert!(
-        j["error"].as_str().unwrap().contains("unreachable"),
-        "{j}"
-    );
+    assert!(j["error"].as_str().unwrap().contains("unreachable"), "{j}");
     let (s, _) = admin.get("/healthz").await;
     assert_eq!(s, 200);
     let i = wait_instance(&admin, &iid, &["failed", "stopped"]).await;

@@ -45,7 +45,10 @@ pub async fn open_ws(d: &Daemon, ticket: &str, extra: &str) -> (Ws, Option<Strin
 }
 
 /// Reads text messages until `pred` holds for the accumulated text.
-pub async fn read_until(ws: &mut Ws, pred: impl Fn(&str) -> bool) -> (String, Option<(u16, String)>) {
+pub async fn read_until(
+    ws: &mut Ws,
+    pred: impl Fn(&str) -> bool,
+) -> (String, Option<(u16, String)>) {
     let mut all = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {

@@ -229,7 +229,10 @@ impl Inner {
     async fn create_container(&self, name: &str, body: &Value) -> Result<String, ApiError> {
         let v = self
             .api
-            .post(&format!("/containers/create?name={}", enc(name)), Some(body))
+            .post(
+                &format!("/containers/create?name={}", enc(name)),
+                Some(body),
+            )
             .await?;
         Ok(v["Id"].as_str().unwrap_or(name).to_owned())
     }
@@ -259,7 +262,9 @@ impl Inner {
         });
         self.create_container(&name, &body)
             .await
-            .map_err(err(format!("cannot create the build container from {image}")))?;
+            .map_err(err(format!(
+                "cannot create the build container from {image}"
+            )))?;
         self.api
             .post(&format!("/containers/{name}/start"), None)
             .await
@@ -504,7 +509,9 @@ impl Inner {
         let r = &spec.resources;
         let nz = |v: u32| (v > 0).then_some(u64::from(v));
         (
-            r.memory_mib.map(u64::from).or(nz(self.cfg.default_memory_mib)),
+            r.memory_mib
+                .map(u64::from)
+                .or(nz(self.cfg.default_memory_mib)),
             r.cpus.map(u64::from).or(nz(self.cfg.default_cpus)),
             r.pids.map(u64::from).or(nz(self.cfg.default_pids)),
         )
@@ -517,10 +524,7 @@ impl Inner {
             .post(&format!("/images/prune?filters={f}"), None)
             .await
             .map_err(err("cannot prune images"))?;
-        let f = label_filter(
-            &[self.scope_filter(), format!("{L_KIND}=network")],
-            &[],
-        );
+        let f = label_filter(&[self.scope_filter(), format!("{L_KIND}=network")], &[]);
         let nets = self
             .api
             .get(&format!("/networks?filters={f}"))
@@ -684,8 +688,7 @@ fn printf_escape(bytes: &[u8]) -> String {
 /// Quotes a word for /bin/sh.
 fn shell_quote(s: &str) -> String {
     if !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
     {
         s.to_owned()
@@ -775,8 +778,7 @@ impl Backend for DockerBackend {
     ) -> Result<serde_json::Value, BackendError> {
         let me = &self.inner;
         if object.phase == Phase::App {
-            let dep =
-                parent.ok_or_else(|| BackendError::failed("the app has no deployment"))?;
+            let dep = parent.ok_or_else(|| BackendError::failed("the app has no deployment"))?;
             let image = image_of(&dep.id);
             if me.image_exists(&image).await?.is_none() {
                 return Err(BackendError::NotFound(format!("the image {image}")));
@@ -804,9 +806,7 @@ impl Backend for DockerBackend {
                 me.api
                     .post(&format!("/containers/{name}/start"), None)
                     .await?;
-                me.api
-                    .post(&format!("/containers/{name}/wait"), None)
-                    .await
+                me.api.post(&format!("/containers/{name}/wait"), None).await
             }
             .await;
             me.remove_container(&name).await?;
@@ -885,10 +885,7 @@ impl Backend for DockerBackend {
         };
         let r = match r {
             Ok(0) => {
-                let _ = me
-                    .api
-                    .post(&format!("/containers/{name}/kill"), None)
-                    .await;
+                let _ = me.api.post(&format!("/containers/{name}/kill"), None).await;
                 me.commit(&name, &object.id, &object.owner_id, false)
                     .await
                     .map(|_| ())
@@ -949,7 +946,9 @@ impl Backend for DockerBackend {
         let cleanup = me.remove_container(&name).await;
         let id = r?;
         cleanup?;
-        log.info(&format!("sealed: {image} is now the source of what is made from it"));
+        log.info(&format!(
+            "sealed: {image} is now the source of what is made from it"
+        ));
         Ok(json!({ "image": image, "id": id, "sealed": true }))
     }
 
@@ -1076,7 +1075,10 @@ impl Backend for DockerBackend {
         if let Some(w) = &wm {
             env.push(format!(
                 "DAAS_WM={}",
-                w.iter().map(|s| shell_quote(s)).collect::<Vec<_>>().join(" ")
+                w.iter()
+                    .map(|s| shell_quote(s))
+                    .collect::<Vec<_>>()
+                    .join(" ")
             ));
         }
         let user = inst.user_id.clone();
@@ -1119,8 +1121,8 @@ impl Backend for DockerBackend {
             log.info(&format!(
                 "container {name} started at {ip}; waiting for its display"
             ));
-            let deadline = tokio::time::Instant::now()
-                + Duration::from_secs(me.cfg.start_timeout_secs);
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_secs(me.cfg.start_timeout_secs);
             let mut n = 0u32;
             loop {
                 if vnc_ready(&ip).await {
@@ -1269,10 +1271,7 @@ impl Backend for DockerBackend {
             "instance" => me.remove_instance(id).await,
             "object" => {
                 me.remove_container(&build_name(id)).await?;
-                let f = label_filter(
-                    &[me.scope_filter(), format!("{L_OBJECT}={id}")],
-                    &[],
-                );
+                let f = label_filter(&[me.scope_filter(), format!("{L_OBJECT}={id}")], &[]);
                 let images = me
                     .api
                     .get(&format!("/images/json?all=true&filters={f}"))

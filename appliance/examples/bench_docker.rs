@@ -144,7 +144,7 @@ fn ms(d: Duration) -> f64 {
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
     let n = v.len();
-    if n % 2 == 0 {
+    if n & 1 == 0 {
         (v[n / 2 - 1] + v[n / 2]) / 2
     } else {
         v[n / 2]

@@ -1129,7 +1129,8 @@ impl Backend for DockerBackend {
                     break;
                 }
                 n += 1;
-                if n % 10 == 0 {
+                if n == 10 {
+                    n = 0;
                     let v = me
                         .api
                         .get(&format!("/containers/{name}/json"))

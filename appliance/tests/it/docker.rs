@@ -658,3 +658,52 @@ async fn docker_engine_down_or_restarted_mid_job() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_demo_catalogue_by_config_switch() {
+    let Some(image) = engine_and_image() else {
+        return;
+    };
+    let _lock = EngineLock::take(false);
+    let scope = scope();
+    let d = Daemon::start(
+        &config(
+            &scope,
+            &format!("demo_image = \"{image}\"\n[demo]\nbackend = \"docker\"\n"),
+        ),
+        true,
+    );
+    let admin = d.admin().await;
+    let user = d.user(&admin, "bob").await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let app = loop {
+        let (_, a) = user.get("/api/v1/apps").await;
+        if let Some(x) = a["items"]
+            .as_array()
+            .and_then(|v| v.iter().find(|x| x["name"] == "XTerm"))
+        {
+            break x["id"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no demo app: {a}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (_, o) = admin.get(&format!("/api/v1/apps/{app}")).await;
+    assert_eq!(o["backend"], "docker", "{o}");
+    let (iid, j) = open(&user, &app).await;
+    assert_eq!(j["state"], "succeeded", "{j}");
+    let (ok, _) = docker(&["inspect", &format!("daas-inst-{iid}")]);
+    assert!(ok, "the demo app runs as a container");
+    stop(&user, &iid).await;
+    // The catalogue stays; removing it leaves nothing of this appliance.
+    let (_, objs) = admin.get("/api/v1/apps").await;
+    for a in objs["items"].as_array().unwrap() {
+        delete_ok(&admin, "apps", a["id"].as_str().unwrap()).await;
+    }
+    for phase in ["deployments", "environments", "baseimages"] {
+        let (_, l) = admin.get(&format!("/api/v1/{phase}")).await;
+        for o in l["items"].as_array().unwrap() {
+            delete_ok(&admin, phase, o["id"].as_str().unwrap()).await;
+        }
+    }
+    assert_eq!(leftovers(&scope), Vec::<String>::new());
+}

@@ -332,9 +332,9 @@ mod tests {
         wire.extend_from_slice(b"e\n");
         d.push(&wire[..5]);
         assert!(d.next_chunk().is_none());
-        d.push(&wire[5..12]);
+        d.push(&wire[5..10]);
         assert!(d.next_chunk().is_none(), "a partial payload waits");
-        d.push(&wire[12..]);
+        d.push(&wire[10..]);
         assert_eq!(
             d.next_chunk(),
             Some((Stream::Stdout, Bytes::from_static(b"ab\n")))

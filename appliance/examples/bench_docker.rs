@@ -120,9 +120,10 @@ async fn reference_open(image: &str, net: &str) -> Duration {
     let ip = docker(&[
         "inspect",
         "-f",
-        &format!("{{{{.NetworkSettings.Networks.{net}.IPAddress}}}}"),
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
         &id,
     ]);
+    assert!(!ip.is_empty(), "the reference container has no address");
     loop {
         if let Ok(mut s) = tokio::net::TcpStream::connect((ip.as_str(), 5900)).await {
             let mut b = [0u8; 12];

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::{Extension, Json, Router};
@@ -409,12 +409,13 @@ fn user_json(u: &User) -> Value {
 async fn login(
     State(st): St,
     Extension(ClientAddr(addr)): Extension<ClientAddr>,
+    uri: Uri,
     headers: HeaderMap,
     ApiJson(req): ApiJson<Login>,
 ) -> ApiResult {
     // A login form posted from another site is refused like any write.
     if headers.contains_key(header::ORIGIN) {
-        super::check_origin(&headers, &st)?;
+        super::check_origin(&headers, &uri, &st)?;
     }
     let ip = Some(addr.ip());
     if let Some(wait) = st.throttle.retry_after(&req.username, ip) {
@@ -1009,13 +1010,14 @@ async fn job_logs(
 async fn job_logs_stream(
     State(st): St,
     c: Caller,
+    uri: Uri,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(q): Query<LogsQuery>,
     ws: WebSocketUpgrade,
 ) -> ApiResult {
     if matches!(c.via, AuthVia::Session(_)) && headers.contains_key(header::ORIGIN) {
-        super::check_origin(&headers, &st)?;
+        super::check_origin(&headers, &uri, &st)?;
     }
     let (j, _) = st.lifecycle.job(&c.user, &id)?;
     let shutdown = st.shutdown.clone();

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::{header, request::Parts, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, request::Parts, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde::de::DeserializeOwned;
@@ -313,7 +313,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         // Cookies ride along on cross-site requests: writes must come from
         // our own pages.
         if !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
-            check_origin(&parts.headers, st)?;
+            check_origin(&parts.headers, &parts.uri, st)?;
         }
         // Extend the idle expiry, writing at most every 15 s per session.
         if t - s.last_seen_at >= 15 {
@@ -328,7 +328,11 @@ impl FromRequestParts<Arc<AppState>> for Caller {
 }
 
 /// Refuses a cookie-authenticated write whose Origin is not ours.
-fn check_origin(headers: &HeaderMap, st: &AppState) -> Result<(), ApiError> {
+///
+/// The page's own origin is the scheme with the request's authority: the
+/// Host header under HTTP/1.1, the `:authority` (the URI's) under HTTP/2,
+/// where browsers send no Host header.
+fn check_origin(headers: &HeaderMap, uri: &Uri, st: &AppState) -> Result<(), ApiError> {
     let refuse = |m: &str| Err(ApiError::new(StatusCode::FORBIDDEN, "bad_origin", m));
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return refuse("a write with a session cookie needs an Origin header");
@@ -337,6 +341,7 @@ fn check_origin(headers: &HeaderMap, st: &AppState) -> Result<(), ApiError> {
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
         .unwrap_or("");
     let scheme = if st.tls { "https" } else { "http" };
     let own = format!("{scheme}://{host}");

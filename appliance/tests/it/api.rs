@@ -410,16 +410,42 @@ async fn tls_by_default_with_a_self_signed_certificate() {
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "the private key is private");
     let c = d.client();
+    // As a browser does: HTTP/2 (offered by ALPN), with the page's Origin;
+    // HTTP/2 requests carry no Host header, only their authority.
     let r = c
         .http
         .post(format!("{}/api/v1/session", d.url))
+        .header("Origin", &d.url)
         .json(&json!({"username": "admin", "password": ADMIN_PW}))
         .send()
         .await
         .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.status(), 200);
     let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(cookie.contains("Secure"), "Secure under TLS: {cookie}");
+    // A cookie write from our page is taken; from another site it is not.
+    let (s, b) = c
+        .post(
+            "/api/v1/tokens",
+            json!({"name": "h2", "expires_in_days": 1}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let mut evil = d.client();
+    evil.http = c.http.clone();
+    evil.origin = Some("https://evil.example".into());
+    let (s, b) = evil
+        .post(
+            "/api/v1/tokens",
+            json!({"name": "h2", "expires_in_days": 1}),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (403, Some("bad_origin")),
+        "{b}"
+    );
     // Plain HTTP to the TLS port gets nothing useful.
     let plain = reqwest::get(d.url.replace("https://", "http://") + "/healthz").await;
     assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));

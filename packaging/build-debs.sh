@@ -52,9 +52,17 @@ case "$PROFILE" in
   dev)
     # What the test run built (cargo nextest --workspace builds every
     # binary): packaged as is, never rebuilt, since other tests run them.
-    if [ ! -x "$CARGO_TARGET_DIR/debug/daas-appliance" ] || [ ! -x "$CARGO_TARGET_DIR/debug/daas-agent" ]; then
-      cargo build -p daas-appliance -p daas-agent
-    fi
+    # Built only when missing or older than a source (a run of one test).
+    stale=
+    for b in daas-appliance daas-agent; do
+      bin=$CARGO_TARGET_DIR/debug/$b
+      if [ ! -x "$bin" ] || [ -n "$(find appliance agent configs Cargo.lock \( -name '*.rs' -o -name '*.toml' \
+        -o -name '*.lock' -o -name '*.json' -o -name '*.js' -o -name '*.jsx' -o -name '*.css' \) \
+        -newer "$bin" -not -path '*/node_modules/*' -print -quit)" ]; then
+        stale=1
+      fi
+    done
+    [ -z "$stale" ] || cargo build -p daas-appliance -p daas-agent
     opts=(--no-build --profile dev --strip --fast)
     gp_opts=(--profile dev --strip --fast)
     ;;

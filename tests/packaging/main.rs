@@ -701,31 +701,6 @@ async fn check_running_image(
         .await?;
     log(&format!("logged in: {me}"));
 
-    // As a browser logs in to the portal: over HTTP/2 (the appliance's TLS
-    // offers h2, and browsers take it), with the page's Origin.
-    let body = serde_json::json!({"username": "admin", "password": admin_pw}).to_string();
-    let browser = run(Command::new("curl").args([
-        "-sk",
-        "--http2",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_version} %{http_code}",
-        "-H",
-        &format!("origin: {base}"),
-        "-H",
-        "content-type: application/json",
-        "--data-binary",
-        &body,
-        &format!("{base}/api/v1/session"),
-    ]))?;
-    ensure!(
-        browser.trim() == "2 200",
-        "a browser's login (HTTP/2, Origin {base}) answers {browser:?}, not \"2 200\": under \
-         HTTP/2 a request has no Host header, only its authority, so the Origin check must \
-         take the authority (check_origin in appliance/src/web/mod.rs)"
-    );
-
     // The demo catalogue (seed: demo = true) is seeded on the first start.
     let t = Instant::now();
     let app_id = loop {
@@ -791,7 +766,16 @@ async fn check_running_image(
     }
     log(&format!("demo desktop running after {:.0?}", t.elapsed()));
 
-    // On the machine: every unit fine, the agent's dnsmasq up, / grown.
+    // On the machine (sshd makes its host keys on the first start: slow
+    // under TCG): every unit fine, the agent's dnsmasq up, / grown.
+    let t = Instant::now();
+    while let Err(e) = ssh.run("true") {
+        ensure!(
+            t.elapsed() < Duration::from_secs(300),
+            "no SSH after 300 s: {e}"
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
     let failed = ssh.run("systemctl --failed --no-legend --plain --no-pager")?;
     ensure!(failed.trim().is_empty(), "failed units: {failed}");
     let active = ssh.run("systemctl is-active daas-appliance daas-agent daas-firstboot")?;
@@ -887,6 +871,32 @@ async fn check_running_image(
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+
+    // Last, so that everything above is checked whatever this finds: as a
+    // browser logs in to the portal, over HTTP/2 (the appliance's TLS offers
+    // h2, and browsers take it), with the page's Origin.
+    let body = serde_json::json!({"username": "admin", "password": admin_pw}).to_string();
+    let browser = run(Command::new("curl").args([
+        "-sk",
+        "--http2",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version} %{http_code}",
+        "-H",
+        &format!("origin: {base}"),
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        &body,
+        &format!("{base}/api/v1/session"),
+    ]))?;
+    ensure!(
+        browser.trim() == "2 200",
+        "a browser's login (HTTP/2, Origin {base}) answers {browser:?}, not \"2 200\": under \
+         HTTP/2 a request has no Host header, only its authority, so the Origin check must \
+         take the authority (check_origin in appliance/src/web/mod.rs)"
+    );
     let _ = std::io::stderr().flush();
     Ok(())
 }

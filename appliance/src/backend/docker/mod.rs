@@ -1113,11 +1113,20 @@ impl Backend for DockerBackend {
                 .get(&format!("/containers/{name}/json"))
                 .await
                 .map_err(err("cannot inspect the container"))?;
-            let ip = v["NetworkSettings"]["Networks"][&network]["IPAddress"]
+            let ip = match v["NetworkSettings"]["Networks"][&network]["IPAddress"]
                 .as_str()
                 .filter(|s| !s.is_empty())
-                .ok_or_else(|| BackendError::failed("the container has no address"))?
-                .to_owned();
+            {
+                Some(ip) => ip.to_owned(),
+                // An exited container has left its network already.
+                None if v["State"]["Running"].as_bool() != Some(true) => {
+                    let (reason, _) = me.exit_reason(&name, memory).await;
+                    return Err(BackendError::failed(format!(
+                        "the container ended during start: {reason}"
+                    )));
+                }
+                None => return Err(BackendError::failed("the container has no address")),
+            };
             log.info(&format!(
                 "container {name} started at {ip}; waiting for its display"
             ));

@@ -180,7 +180,10 @@ impl ProxySession {
             ..Default::default()
         })?;
         let out = String::from_utf8_lossy(&out).into_owned();
-        ensure!(r.exit_code == Some(0), "exec {argv:?}: {r:?}, output {out:?}");
+        ensure!(
+            r.exit_code == Some(0),
+            "exec {argv:?}: {r:?}, output {out:?}"
+        );
         Ok(out)
     }
 }
@@ -261,7 +264,10 @@ fn check_guest(s: &mut ProxySession, vnc: SocketAddr) -> Result<()> {
     ensure!(whoami.trim() == "root", "the proxy runs as {whoami:?}");
     // Sealed: this instance made its own host keys and machine identity.
     let keys = s.exec(&["sh", "-c", "ls /etc/ssh/ssh_host_*_key.pub"])?;
-    ensure!(keys.contains("ssh_host_ed25519_key.pub"), "host keys: {keys}");
+    ensure!(
+        keys.contains("ssh_host_ed25519_key.pub"),
+        "host keys: {keys}"
+    );
 
     // The desktop: Xvnc on :0 (the proxy sees the display) and port 5900.
     let t = Instant::now();
@@ -289,7 +295,9 @@ fn check_guest(s: &mut ProxySession, vnc: SocketAddr) -> Result<()> {
         types == [2],
         "the desktop's VNC server offers security types {types:?}, expected only VNC authentication (2)"
     );
-    log(&format!("RFB handshake with {vnc}: security types {types:?}"));
+    log(&format!(
+        "RFB handshake with {vnc}: security types {types:?}"
+    ));
     Ok(())
 }
 
@@ -333,7 +341,13 @@ fn baseimage_docker_image_works() -> Result<()> {
     );
     let key = test_key()?;
     let tag = build("docker", &key, &[])?;
-    let labels = docker(&["image", "inspect", "--format", "{{json .Config.Labels}}", &tag])?;
+    let labels = docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{json .Config.Labels}}",
+        &tag,
+    ])?;
     ensure!(
         labels.contains("\"org.daas.sealed\":\"true\"")
             && labels.contains("\"org.daas.reference\":\"baseimage\""),
@@ -421,8 +435,15 @@ fn baseimage_qcow2_boots_under_qemu() -> Result<()> {
         .tempdir_in("/var/tmp")?;
     let w = work.path();
     let out = w.join("out");
-    let qcow2 = PathBuf::from(build("qcow2", &key, &["--out", out.to_str().unwrap_or_default()])?);
-    ensure!(qcow2.exists(), "the build printed {qcow2:?}, which is not there");
+    let qcow2 = PathBuf::from(build(
+        "qcow2",
+        &key,
+        &["--out", out.to_str().unwrap_or_default()],
+    )?);
+    ensure!(
+        qcow2.exists(),
+        "the build printed {qcow2:?}, which is not there"
+    );
     run(Command::new("qemu-img").arg("check").arg(&qcow2))?;
     let info: serde_json::Value = serde_json::from_str(&run(Command::new("qemu-img")
         .args(["info", "--output=json"])
@@ -472,41 +493,45 @@ fn baseimage_qcow2_boots_under_qemu() -> Result<()> {
         .spawn()
         .context("cannot start qemu-system-x86_64")?;
     let mut vm = Vm { child, serial };
-    let result = (|| -> Result<()> {
-        let mut s = open_session(&key, "127.0.0.1", ssh_port, Duration::from_secs(300))
-            .map_err(|e| match vm.exited() {
-                Some(st) => e.context(format!("QEMU exited ({st})")),
-                None => e,
-            })?;
-        log(&format!("booted under TCG: guest-proxy after {:.0?}", t.elapsed()));
-        // systemd finished booting: nothing failed.
-        let t_ready = Instant::now();
-        loop {
-            let (ready, _): (ReadyResult, _) = s.call(Ready {})?;
-            if ready.ready {
+    let result =
+        (|| -> Result<()> {
+            let mut s = open_session(&key, "127.0.0.1", ssh_port, Duration::from_secs(300))
+                .map_err(|e| match vm.exited() {
+                    Some(st) => e.context(format!("QEMU exited ({st})")),
+                    None => e,
+                })?;
+            log(&format!(
+                "booted under TCG: guest-proxy after {:.0?}",
+                t.elapsed()
+            ));
+            // systemd finished booting: nothing failed.
+            let t_ready = Instant::now();
+            loop {
+                let (ready, _): (ReadyResult, _) = s.call(Ready {})?;
+                if ready.ready {
+                    ensure!(
+                        ready.state == "running",
+                        "systemd is {}: {}",
+                        ready.state,
+                        s.exec(&["systemctl", "--failed", "--no-pager"])
+                            .unwrap_or_default()
+                    );
+                    break;
+                }
                 ensure!(
-                    ready.state == "running",
-                    "systemd is {}: {}",
-                    ready.state,
-                    s.exec(&["systemctl", "--failed", "--no-pager"])
-                        .unwrap_or_default()
+                    t_ready.elapsed() < Duration::from_secs(120),
+                    "systemd is still {} after 120 s",
+                    ready.state
                 );
-                break;
+                std::thread::sleep(Duration::from_secs(2));
             }
-            ensure!(
-                t_ready.elapsed() < Duration::from_secs(120),
-                "systemd is still {} after 120 s",
-                ready.state
-            );
-            std::thread::sleep(Duration::from_secs(2));
-        }
-        check_guest(&mut s, SocketAddr::from(([127, 0, 0, 1], vnc_port)))?;
-        let ip = s.exec(&["ip", "-4", "-o", "addr", "show", "scope", "global"])?;
-        ensure!(ip.contains("inet "), "no DHCP address: {ip}");
-        let mid = s.exec(&["cat", "/etc/machine-id"])?;
-        ensure!(mid.trim().len() == 32, "machine-id {mid:?}");
-        Ok(())
-    })();
+            check_guest(&mut s, SocketAddr::from(([127, 0, 0, 1], vnc_port)))?;
+            let ip = s.exec(&["ip", "-4", "-o", "addr", "show", "scope", "global"])?;
+            ensure!(ip.contains("inet "), "no DHCP address: {ip}");
+            let mid = s.exec(&["cat", "/etc/machine-id"])?;
+            ensure!(mid.trim().len() == 32, "machine-id {mid:?}");
+            Ok(())
+        })();
     if result.is_err() {
         eprintln!("--- console ---\n{}", tail(&vm.serial(), 120));
     }

@@ -196,11 +196,20 @@ impl Drop for ProxySession {
 }
 
 /// Opens a session, retrying while the guest boots (sshd not up yet, or
-/// making its host keys).
-fn open_session(key: &Path, host: &str, port: u16, within: Duration) -> Result<ProxySession> {
+/// making its host keys); `gone` says why waiting longer is pointless.
+fn open_session(
+    key: &Path,
+    host: &str,
+    port: u16,
+    within: Duration,
+    mut gone: impl FnMut() -> Option<String>,
+) -> Result<ProxySession> {
     let t = Instant::now();
     let dir = tempfile::tempdir()?;
     loop {
+        if let Some(why) = gone() {
+            bail!("no guest-proxy over ssh to {host}:{port}: {why}");
+        }
         match ProxySession::open(key, host, port, dir.path().join("ssh.err")) {
             Ok(s) => {
                 log(&format!(
@@ -391,7 +400,14 @@ fn baseimage_docker_image_works() -> Result<()> {
     let ip = ip.trim().to_owned();
     ensure!(!ip.is_empty(), "the container has no address");
     let result = (|| -> Result<()> {
-        let mut s = open_session(&key, &ip, 22, Duration::from_secs(60))?;
+        let container = things.container.clone();
+        let mut s = open_session(&key, &ip, 22, Duration::from_secs(60), || {
+            let running = docker(&["inspect", "--format", "{{.State.Running}}", &container]);
+            match running {
+                Ok(r) if r.trim() == "true" => None,
+                other => Some(format!("the container is not running: {other:?}")),
+            }
+        })?;
         check_guest(&mut s, SocketAddr::new(ip.parse()?, 5900))?;
         let (ready, _): (ReadyResult, _) = s.call(Ready {})?;
         ensure!(ready.ready, "ready: {ready:?}");
@@ -493,45 +509,46 @@ fn baseimage_qcow2_boots_under_qemu() -> Result<()> {
         .spawn()
         .context("cannot start qemu-system-x86_64")?;
     let mut vm = Vm { child, serial };
-    let result =
-        (|| -> Result<()> {
-            let mut s = open_session(&key, "127.0.0.1", ssh_port, Duration::from_secs(300))
-                .map_err(|e| match vm.exited() {
-                    Some(st) => e.context(format!("QEMU exited ({st})")),
-                    None => e,
-                })?;
-            log(&format!(
-                "booted under TCG: guest-proxy after {:.0?}",
-                t.elapsed()
-            ));
-            // systemd finished booting: nothing failed.
-            let t_ready = Instant::now();
-            loop {
-                let (ready, _): (ReadyResult, _) = s.call(Ready {})?;
-                if ready.ready {
-                    ensure!(
-                        ready.state == "running",
-                        "systemd is {}: {}",
-                        ready.state,
-                        s.exec(&["systemctl", "--failed", "--no-pager"])
-                            .unwrap_or_default()
-                    );
-                    break;
-                }
+    let result = (|| -> Result<()> {
+        let mut s = open_session(
+            &key,
+            "127.0.0.1",
+            ssh_port,
+            Duration::from_secs(300),
+            || vm.exited().map(|st| format!("QEMU exited ({st})")),
+        )?;
+        log(&format!(
+            "booted under TCG: guest-proxy after {:.0?}",
+            t.elapsed()
+        ));
+        // systemd finished booting: nothing failed.
+        let t_ready = Instant::now();
+        loop {
+            let (ready, _): (ReadyResult, _) = s.call(Ready {})?;
+            if ready.ready {
                 ensure!(
-                    t_ready.elapsed() < Duration::from_secs(120),
-                    "systemd is still {} after 120 s",
-                    ready.state
+                    ready.state == "running",
+                    "systemd is {}: {}",
+                    ready.state,
+                    s.exec(&["systemctl", "--failed", "--no-pager"])
+                        .unwrap_or_default()
                 );
-                std::thread::sleep(Duration::from_secs(2));
+                break;
             }
-            check_guest(&mut s, SocketAddr::from(([127, 0, 0, 1], vnc_port)))?;
-            let ip = s.exec(&["ip", "-4", "-o", "addr", "show", "scope", "global"])?;
-            ensure!(ip.contains("inet "), "no DHCP address: {ip}");
-            let mid = s.exec(&["cat", "/etc/machine-id"])?;
-            ensure!(mid.trim().len() == 32, "machine-id {mid:?}");
-            Ok(())
-        })();
+            ensure!(
+                t_ready.elapsed() < Duration::from_secs(120),
+                "systemd is still {} after 120 s",
+                ready.state
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        check_guest(&mut s, SocketAddr::from(([127, 0, 0, 1], vnc_port)))?;
+        let ip = s.exec(&["ip", "-4", "-o", "addr", "show", "scope", "global"])?;
+        ensure!(ip.contains("inet "), "no DHCP address: {ip}");
+        let mid = s.exec(&["cat", "/etc/machine-id"])?;
+        ensure!(mid.trim().len() == 32, "machine-id {mid:?}");
+        Ok(())
+    })();
     if result.is_err() {
         eprintln!("--- console ---\n{}", tail(&vm.serial(), 120));
     }

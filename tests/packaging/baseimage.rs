@@ -4,7 +4,8 @@
 //! - `baseimage_docker_image_works`: the Docker image; a container of it on
 //!   a network of its own, the guest-proxy answers `hello`, `info` and an
 //!   `exec` over real `ssh` (the forced command of the appliance's key),
-//!   and its Xvnc answers the RFB handshake offering VNC authentication.
+//!   and its Xvnc lets us in by VNC authentication with the password read
+//!   from the guest (RFB handshake up to ServerInit).
 //! - `baseimage_qcow2_boots_under_qemu`: the qcow2; `qemu-img check`, then
 //!   booted under QEMU (TCG) with the SSH and VNC ports forwarded to
 //!   loopback: the guest-proxy answers over `ssh` once sshd made its host
@@ -227,9 +228,14 @@ fn open_session(
     }
 }
 
-/// The RFB handshake: the server's version, ours, then its security types;
-/// returns them.
-fn rfb_security_types(addr: SocketAddr) -> Result<Vec<u8>> {
+/// The RFB handshake up to the desktop: the server's version and ours, its
+/// security types (only VNC authentication, 2, is accepted here), the
+/// DES challenge answered with `password`, ClientInit and ServerInit.
+/// Returns the desktop's size.
+fn rfb_login(addr: SocketAddr, password: &str) -> Result<(u16, u16)> {
+    use des::cipher::generic_array::GenericArray;
+    use des::cipher::{BlockEncrypt, KeyInit};
+
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut version = [0u8; 12];
@@ -246,7 +252,37 @@ fn rfb_security_types(addr: SocketAddr) -> Result<Vec<u8>> {
     ensure!(n[0] > 0, "the VNC server refused the connection");
     let mut types = vec![0u8; usize::from(n[0])];
     s.read_exact(&mut types)?;
-    Ok(types)
+    ensure!(
+        types == [2],
+        "the desktop's VNC server offers security types {types:?}, expected only VNC authentication (2)"
+    );
+    s.write_all(&[2])?;
+    let mut challenge = [0u8; 16];
+    s.read_exact(&mut challenge)?;
+    // RFB's DES: the password (8 bytes, zero-padded) with each key byte's
+    // bits reversed.
+    let mut key = [0u8; 8];
+    for (k, b) in key.iter_mut().zip(password.as_bytes()) {
+        *k = b.reverse_bits();
+    }
+    let des = des::Des::new(GenericArray::from_slice(&key));
+    for half in challenge.chunks_exact_mut(8) {
+        des.encrypt_block(GenericArray::from_mut_slice(half));
+    }
+    s.write_all(&challenge)?;
+    let mut result = [0u8; 4];
+    s.read_exact(&mut result)?;
+    ensure!(
+        result == [0; 4],
+        "VNC authentication with the guest's password failed (SecurityResult {result:?})"
+    );
+    s.write_all(&[1])?; // ClientInit: shared
+    let mut init = [0u8; 24];
+    s.read_exact(&mut init).context("no ServerInit")?;
+    Ok((
+        u16::from_be_bytes([init[0], init[1]]),
+        u16::from_be_bytes([init[2], init[3]]),
+    ))
 }
 
 /// Checks of a running guest that both image kinds share.
@@ -299,13 +335,13 @@ fn check_guest(s: &mut ProxySession, vnc: SocketAddr) -> Result<()> {
     }
     let pw = s.exec(&["cat", "/var/lib/daas-desktop/vnc-password"])?;
     ensure!(pw.trim().len() == 8, "the VNC password file: {pw:?}");
-    let types = rfb_security_types(vnc)?;
+    let (w, h) = rfb_login(vnc, pw.trim())?;
     ensure!(
-        types == [2],
-        "the desktop's VNC server offers security types {types:?}, expected only VNC authentication (2)"
+        (w, h) == (1280, 800),
+        "the desktop is {w}x{h}, not 1280x800"
     );
     log(&format!(
-        "RFB handshake with {vnc}: security types {types:?}"
+        "VNC at {vnc}: logged in with the guest's password, desktop {w}x{h}"
     ));
     Ok(())
 }

@@ -445,7 +445,15 @@ pub(crate) fn seal(root_dir: &Path) -> Result<String, SetupError> {
     let root = Root::new(root_dir)?;
     let mut report = String::new();
     let remove = |guest: &str, report: &mut String| -> Result<(), SetupError> {
-        let p = root.checked(guest)?;
+        let p = match root.checked(guest) {
+            Ok(p) => p,
+            // No parent directory (a minimal rootfs without dbus or
+            // systemd): nothing to remove.
+            Err(SetupError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(())
+            }
+            Err(e) => return Err(e),
+        };
         match std::fs::remove_file(&p) {
             Ok(()) => {
                 let _ = writeln!(report, "removed {guest}");

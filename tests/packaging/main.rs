@@ -14,6 +14,9 @@
 //!   survives `systemctl restart daas-appliance`, the agent runs dnsmasq,
 //!   no unit failed, the root file system grew to the disk.
 //!
+//! - `baseimage::*`: the reference baseimage (image/baseimage/build) as a
+//!   Docker image and as a qcow2 booted under QEMU; see baseimage.rs.
+//!
 //! They need root; without it, or without a tool that cannot be installed,
 //! they print a loud SKIP and pass. Debian's mirror is needed once: the
 //! debootstrap results are cached in /var/cache/daas-test (DAAS_TEST_CACHE),
@@ -27,6 +30,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
+
+mod baseimage;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -361,6 +361,24 @@ fn seal_removes_identity_logs_and_histories() {
     assert!(run(&["seal", "--root", root]).status.success());
 }
 
+/// A minimal rootfs (debootstrap's minbase, a container): no
+/// `/var/lib/dbus`, `/var/lib/systemd` or `/var/lib/dhcp` to clean.
+#[test]
+fn seal_a_rootfs_without_dbus_or_systemd() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    write(r, "etc/passwd", "root:x:0:0:root:/root:/bin/bash\n");
+    write(r, "etc/machine-id", "0123456789abcdef0123456789abcdef\n");
+    write(r, "etc/ssh/ssh_host_ed25519_key", "PRIVATE\n");
+    write(r, "var/log/dpkg.log", "lines\n");
+    let o = run(&["seal", "--root", r.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(r.join("etc/machine-id")).unwrap(), b"");
+    assert!(!r.join("etc/ssh/ssh_host_ed25519_key").exists());
+    assert_eq!(std::fs::read(r.join("var/log/dpkg.log")).unwrap(), b"");
+    assert!(!r.join("var/lib/dbus").exists(), "seal created directories");
+}
+
 #[test]
 fn version_and_help() {
     let o = run(&["--version"]);

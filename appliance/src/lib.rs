@@ -376,6 +376,10 @@ impl Appliance {
             }
         };
         let _ = tokio::join!(drained, served, tunnels);
+        // Heartbeats answered since the last second's write.
+        if let Err(e) = state.nodes.flush() {
+            warn!(error = %jobs::error_chain(&e), "heartbeats not written at shutdown");
+        }
         info!("stopped");
         Ok(())
     }

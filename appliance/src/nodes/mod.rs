@@ -21,7 +21,14 @@
 //! - [`Nodes::placeable`] returns only available nodes whose last heartbeat
 //!   is inside the window; future Docker/Proxmox backends place work only
 //!   through it.
+//! - Heartbeats of available nodes are checked against memory and written
+//!   to the store in one transaction per second ([`Nodes::flush`]), not one
+//!   write each: 1,000 nodes cost the appliance a few percent of a core.
+//!   What changes a node's state (unavailable → available) is written at
+//!   once; every read of the registry flushes first, so readers never see
+//!   older heartbeats than were answered.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -97,6 +104,20 @@ struct Inner {
     ca_dir: PathBuf,
     ca: Mutex<Option<Arc<ca::NodeCa>>>,
     fingerprint: Option<Fingerprint>,
+    /// Heartbeat state of the nodes heard from, loaded from the store on a
+    /// node's first heartbeat.
+    beats: Mutex<HashMap<String, Beat>>,
+}
+
+/// A node's heartbeat state between store writes.
+struct Beat {
+    secret_hash: String,
+    state: NodeState,
+    /// The last (agent start, sequence) answered.
+    started: i64,
+    seq: i64,
+    /// Answered, not yet written: the time and the facts.
+    pending: Option<(Timestamp, String)>,
 }
 
 impl Nodes {
@@ -115,6 +136,7 @@ impl Nodes {
                 ca_dir: state_dir.join("nodes"),
                 ca: Mutex::new(None),
                 fingerprint,
+                beats: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -300,14 +322,27 @@ impl Nodes {
         hb: &Heartbeat,
     ) -> Result<HeartbeatResponse, NodeError> {
         let store = &self.inner.store;
-        let Some((hash, state)) = store.node_auth(id)? else {
-            return Err(NodeError::UnknownNode);
+        let presented = auth::hash_secret(secret.unwrap_or(""));
+        let mut beats = self.beats();
+        let b = match beats.entry(id.to_owned()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let Some((secret_hash, state, started, seq)) = store.node_beat_state(id)? else {
+                    return Err(NodeError::UnknownNode);
+                };
+                e.insert(Beat {
+                    secret_hash,
+                    state,
+                    started,
+                    seq,
+                    pending: None,
+                })
+            }
         };
-        if state == NodeState::Removed {
+        if b.state == NodeState::Removed {
             return Err(NodeError::UnknownNode);
         }
-        let presented = auth::hash_secret(secret.unwrap_or(""));
-        let ok: bool = presented.as_bytes().ct_eq(hash.as_bytes()).into();
+        let ok: bool = presented.as_bytes().ct_eq(b.secret_hash.as_bytes()).into();
         if !ok || secret.is_none() {
             warn!(node_id = id, "heartbeat refused: wrong node secret");
             return Err(NodeError::Unauthorized);
@@ -317,6 +352,17 @@ impl Nodes {
                 "the body's node_id is not the node of the path".into(),
             ));
         }
+        let started = i64::try_from(hb.agent_started_at).unwrap_or(i64::MAX);
+        let seq = i64::try_from(hb.sequence).unwrap_or(i64::MAX);
+        let replay = || {
+            NodeError::Invalid(
+                "a replayed or reordered heartbeat: (agent_started_at, sequence) did not grow"
+                    .into(),
+            )
+        };
+        if (started, seq) <= (b.started, b.seq) {
+            return Err(replay());
+        }
         let mut facts = serde_json::to_value(&hb.facts).unwrap_or_default();
         if let Some(o) = facts.as_object_mut() {
             o.insert(
@@ -325,30 +371,76 @@ impl Nodes {
             );
             o.insert("leases".into(), hb.instances.len().into());
         }
-        let started = i64::try_from(hb.agent_started_at).unwrap_or(i64::MAX);
-        let seq = i64::try_from(hb.sequence).unwrap_or(i64::MAX);
-        let before = store.record_heartbeat(id, now(), started, seq, &facts.to_string())?;
-        match before {
-            None => Err(NodeError::Invalid(
-                "a replayed or reordered heartbeat: (agent_started_at, sequence) did not grow"
-                    .into(),
-            )),
-            Some(prev) => {
-                if prev == NodeState::Unavailable {
-                    info!(node_id = id, "node available again: heartbeats are back");
+        let facts = facts.to_string();
+        let t = now();
+        if b.state == NodeState::Available {
+            (b.started, b.seq, b.pending) = (started, seq, Some((t, facts)));
+        } else {
+            // The node's state changes: written at once.
+            match store.record_heartbeat(id, t, started, seq, &facts)? {
+                None => {
+                    // Removed or moved on behind our back: the store's
+                    // truth is loaded again on the next heartbeat.
+                    beats.remove(id);
+                    return Err(replay());
                 }
-                Ok(HeartbeatResponse {
-                    heartbeat_interval_secs: Some(self.heartbeat_interval_secs()),
-                    running_instances: None,
-                })
+                Some(prev) => {
+                    if prev == NodeState::Unavailable {
+                        info!(node_id = id, "node available again: heartbeats are back");
+                    }
+                    (b.state, b.started, b.seq, b.pending) =
+                        (NodeState::Available, started, seq, None);
+                }
             }
         }
+        Ok(HeartbeatResponse {
+            heartbeat_interval_secs: Some(self.heartbeat_interval_secs()),
+            running_instances: None,
+        })
+    }
+
+    fn beats(&self) -> std::sync::MutexGuard<'_, HashMap<String, Beat>> {
+        self.inner
+            .beats
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes the heartbeats answered since the last flush, in one
+    /// transaction. A node whose row did not take its heartbeat (removed,
+    /// or changed behind our back) is forgotten, so that its next heartbeat
+    /// is checked against the store again.
+    pub fn flush(&self) -> Result<(), NodeError> {
+        let batch: Vec<_> = self
+            .beats()
+            .iter_mut()
+            .filter_map(|(id, b)| {
+                let (at, facts) = b.pending.take()?;
+                Some((id.clone(), at, b.started, b.seq, facts))
+            })
+            .collect();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let skipped = self.inner.store.record_heartbeats(&batch)?;
+        if !skipped.is_empty() {
+            let mut beats = self.beats();
+            for id in skipped {
+                beats.remove(&id);
+            }
+        }
+        Ok(())
     }
 
     /// Marks nodes unavailable whose heartbeats stopped; returns their ids.
     pub fn sweep(&self, at: Timestamp) -> Result<Vec<String>, NodeError> {
+        self.flush()?;
         let ids = self.inner.store.mark_stale_nodes(at - self.window_secs())?;
+        let mut beats = self.beats();
         for id in &ids {
+            if let Some(b) = beats.get_mut(id) {
+                b.state = NodeState::Unavailable;
+            }
             warn!(node_id = %id, window_secs = self.window_secs(), "node unavailable: heartbeats missed");
         }
         Ok(ids)
@@ -356,11 +448,13 @@ impl Nodes {
 
     /// Every node (removed ones if `removed`).
     pub fn list(&self, removed: bool) -> Result<Vec<Node>, NodeError> {
+        self.flush()?;
         Ok(self.inner.store.nodes(removed)?)
     }
 
     /// One node, removed or not.
     pub fn get(&self, id: &str) -> Result<Node, NodeError> {
+        self.flush()?;
         match self.inner.store.node(id) {
             Err(StoreError::NotFound) => Err(NodeError::UnknownNode),
             r => Ok(r?),
@@ -374,6 +468,7 @@ impl Nodes {
             Err(StoreError::NotFound) => return Err(NodeError::UnknownNode),
             r => r?,
         }
+        self.beats().remove(id);
         info!(node_id = id, "node removed");
         self.get(id)
     }
@@ -382,6 +477,7 @@ impl Nodes {
     /// from within the window. Backends that place work on nodes (Docker,
     /// Proxmox) choose only among these.
     pub fn placeable(&self) -> Result<Vec<Node>, NodeError> {
+        self.flush()?;
         let since = now() - self.window_secs();
         Ok(self
             .inner
@@ -394,15 +490,23 @@ impl Nodes {
             .collect())
     }
 
-    /// Runs [`Nodes::sweep`] every heartbeat interval until `stop`.
+    /// Writes heartbeats every second and runs [`Nodes::sweep`] every
+    /// heartbeat interval until `stop` (the shutdown flushes the rest).
     pub async fn run_liveness(self, stop: tokio_util::sync::CancellationToken) {
-        let every = std::time::Duration::from_secs(u64::from(self.heartbeat_interval_secs()));
+        let every = u64::from(self.heartbeat_interval_secs()).max(1);
+        let mut tick = 0u64;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                 _ = stop.cancelled() => return,
             }
-            if let Err(e) = self.sweep(now()) {
+            tick += 1;
+            let r = if tick % every == 0 {
+                self.sweep(now()).map(drop)
+            } else {
+                self.flush()
+            };
+            if let Err(e) = r {
                 warn!(error = %crate::jobs::error_chain(&e), "node liveness pass failed");
             }
         }

@@ -588,6 +588,55 @@ impl Store {
         }
     }
 
+    /// What a heartbeat is checked against: the node's secret hash, state,
+    /// and the last (agent start, sequence) recorded.
+    pub fn node_beat_state(&self, id: &str) -> Result<Option<(String, NodeState, i64, i64)>> {
+        let c = self.reader();
+        let mut st = c.prepare_cached(
+            "SELECT secret_hash, state, agent_started_at, sequence FROM nodes WHERE id = ?1",
+        )?;
+        let row = st
+            .query_row([id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .optional()?;
+        match row {
+            None => Ok(None),
+            Some((h, s, started, seq)) => Ok(Some((h, parse(s)?, started, seq))),
+        }
+    }
+
+    /// Records many available nodes' heartbeats (id, time, agent start,
+    /// sequence, facts) in one transaction. Rows are changed only where the
+    /// node is still available and the (agent start, sequence) grew; the
+    /// ids whose row did not change are returned.
+    pub fn record_heartbeats(
+        &self,
+        beats: &[(String, Timestamp, i64, i64, String)],
+    ) -> Result<Vec<String>> {
+        let mut c = self.writer();
+        let tx = c.transaction()?;
+        let mut skipped = Vec::new();
+        {
+            let mut st = tx.prepare_cached(
+                "UPDATE nodes SET facts = ?2, last_heartbeat_at = ?3, agent_started_at = ?4, sequence = ?5
+                 WHERE id = ?1 AND state = 'available' AND (agent_started_at < ?4 OR (agent_started_at = ?4 AND sequence < ?5))",
+            )?;
+            for (id, at, started, seq, facts) in beats {
+                if st.execute(params![id, facts, at, started, seq])? == 0 {
+                    skipped.push(id.clone());
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(skipped)
+    }
+
     /// Records a heartbeat: facts, time, sequence; an unavailable node is
     /// available again. Returns the state before, or `None` when the node
     /// is unknown, removed, or the sequence did not grow (nothing changed).

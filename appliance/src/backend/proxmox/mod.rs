@@ -298,7 +298,7 @@ impl Inner {
             .map_err(pve("cannot list the cluster's VMs"))?;
         Ok(all
             .into_iter()
-            .filter(|v| v.tags.iter().any(|t| *t == scope))
+            .filter(|v| v.tags.contains(&scope))
             .collect())
     }
 
@@ -315,7 +315,7 @@ impl Inner {
             .into_iter()
             .filter(|v| v.name.as_deref() == Some(name.as_str()))
             // A clone cut off before its tags were set carries only the name.
-            .filter(|v| v.tags.is_empty() || v.tags.iter().any(|t| *t == scope))
+            .filter(|v| v.tags.is_empty() || v.tags.contains(&scope))
             .collect();
         v.sort_by_key(|r| r.vmid);
         Ok(v)

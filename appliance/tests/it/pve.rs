@@ -310,11 +310,11 @@ async fn pve_whole_lifecycle_against_the_simulator() {
     let evm = vm_of(&sim.state(), &env).unwrap();
     assert!(evm.running);
     assert_eq!(evm.parent.as_deref(), Some(snap.0.as_str()));
-    assert!(
-        evm.config["tags"].contains(&format!("i-{iid}")),
-        "{:?}",
-        evm.config["tags"]
-    );
+    // The instance's tag is written off the open's path.
+    wait_for("the instance's tag", || {
+        vm_of(&sim.state(), &env).is_some_and(|v| v.config["tags"].contains(&format!("i-{iid}")))
+    })
+    .await;
     let (s, t) = user
         .post_empty(&format!("/api/v1/instances/{iid}/connect"))
         .await;

@@ -675,12 +675,7 @@ impl Inner {
         log: &JobLog,
     ) -> Result<Ipv4Addr, BackendError> {
         let vm = &t.vm;
-        if !self.wait_unlocked(vm).await? {
-            return Err(BackendError::NotFound(format!(
-                "the Deployment's VM {}",
-                vm.vmid
-            )));
-        }
+        // The caller read the VM's config and waited out any lock.
         // A rollback stops a running VM first.
         let task = self
             .client
@@ -694,10 +689,8 @@ impl Inner {
             "cannot roll VM {} back to {}",
             vm.vmid, t.snapshot
         )))?;
-        if !self.is_running(vm).await? {
-            // A "live" snapshot taken of a stopped VM has no RAM.
-            self.start_vm(vm).await?;
-        }
+        // A live rollback leaves the VM running; an offline one started it
+        // (`start=1`): no status read needed.
         log.info(&format!(
             "VM {} rolled back to {} ({})",
             vm.vmid,
@@ -738,7 +731,9 @@ impl Inner {
             app: app.id.clone(),
             vm,
             snapshot: snapshot_name(&dep.id),
-            live: dep.spec.live,
+            // What the snapshot really holds (a "live" snapshot of a
+            // stopped VM has no RAM), else what was asked for.
+            live: dep.backend_ref["live"].as_bool().unwrap_or(dep.spec.live),
             env,
             protocol: app.protocol,
             command: app.spec.command.clone(),
@@ -1234,7 +1229,7 @@ impl Backend for ProxmoxBackend {
                     // Resumed ahead of demand: nothing to do on the backend.
                     me.mark_active(&inst.id, &w.vm);
                     log.info(&format!("warm instance on VM {} handed out", w.vm.vmid));
-                    pool::after_take(&self.inner, &inst.id, &w);
+                    pool::mark_instance(&self.inner, &inst.id, &w.vm);
                     return Ok(Started {
                         backend_ref: json!({"node": w.vm.node, "vmid": w.vm.vmid, "app": t.app, "warm": true}),
                         connection: me.connection(w.ip, t.protocol),
@@ -1242,10 +1237,30 @@ impl Backend for ProxmoxBackend {
                 }
                 let lock = me.vm_lock(t.vm.vmid);
                 let _g = lock.lock().await;
-                let tags = match me.client.vm_config(&t.vm.node, t.vm.vmid).await {
-                    Ok(c) => c.tags,
+                let c = match me.client.vm_config(&t.vm.node, t.vm.vmid).await {
+                    Ok(c) => c,
                     Err(e) => return Err(pve(format!("the Deployment's VM {}", t.vm.vmid))(e)),
                 };
+                if c.lock.is_some() && !me.wait_unlocked(&t.vm).await? {
+                    return Err(BackendError::NotFound(format!(
+                        "the Deployment's VM {}",
+                        t.vm.vmid
+                    )));
+                }
+                let tags = c.tags;
+                let busy = me
+                    .active
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .find(|(i, v)| **v == t.vm && **i != inst.id)
+                    .map(|(i, _)| i.clone());
+                if let Some(other) = busy {
+                    return Err(BackendError::failed(format!(
+                        "the Deployment's VM {} runs another instance ({other}); a VM holds one instance at a time",
+                        t.vm.vmid
+                    )));
+                }
                 if let Some(a) = me.pool.evict_vm(&t.vm) {
                     log.info(&format!("the VM's warm instance of app {a} gives way"));
                 }
@@ -1258,19 +1273,18 @@ impl Backend for ProxmoxBackend {
                     )));
                 }
                 me.mark_active(&inst.id, &t.vm);
-                let r = async {
-                    let ip = me.resume_app(&t, &subject, log).await?;
-                    let mut tags = me.base_tags(&t.vm).await?;
-                    tags.push(mine.clone());
-                    me.set_tags(&t.vm, tags).await?;
-                    Ok::<_, BackendError>(ip)
-                }
-                .await;
+                let r = me.resume_app(&t, &subject, log).await;
                 match r {
-                    Ok(ip) => Ok(Started {
-                        backend_ref: json!({"node": t.vm.node, "vmid": t.vm.vmid, "app": t.app}),
-                        connection: me.connection(ip, t.protocol),
-                    }),
+                    Ok(ip) => {
+                        // The instance's mark, off the open's path (the
+                        // active map covers the inventory meanwhile).
+                        drop(_g);
+                        pool::mark_instance(&self.inner, &inst.id, &t.vm);
+                        Ok(Started {
+                            backend_ref: json!({"node": t.vm.node, "vmid": t.vm.vmid, "app": t.app}),
+                            connection: me.connection(ip, t.protocol),
+                        })
+                    }
                     Err(e) => {
                         me.unmark_active(&inst.id);
                         Err(e)

@@ -205,6 +205,9 @@ async fn fill_one(
         .vm_config(&t.vm.node, t.vm.vmid)
         .await
         .map_err(super::pve(format!("the Deployment's VM {}", t.vm.vmid)))?;
+    if c.lock.is_some() && !inner.wait_unlocked(&t.vm).await? {
+        return Ok(None);
+    }
     if c.tags.iter().any(|x| x.starts_with("i-")) {
         return Ok(None); // an instance runs on it; refilled when it stops
     }
@@ -221,11 +224,12 @@ async fn fill_one(
     }))
 }
 
-/// After a warm hand-out: the VM's marks become the instance's.
-pub(crate) fn after_take(inner: &Arc<Inner>, iid: &str, w: &Warm) {
+/// After a start (warm or not): the VM's marks become the instance's, in
+/// the background under the VM's lock, unless it stopped meanwhile.
+pub(crate) fn mark_instance(inner: &Arc<Inner>, iid: &str, vm: &VmRef) {
     let inner = inner.clone();
     let iid = iid.to_owned();
-    let vm = w.vm.clone();
+    let vm = vm.clone();
     tokio::spawn(async move {
         let lock = inner.vm_lock(vm.vmid);
         let _g = lock.lock().await;

@@ -886,8 +886,8 @@ impl Config {
         if !dns(&p.bridge) {
             return err("bridge", format!("{:?} is not a bridge name", p.bridge));
         }
-        if !(1..=64).contains(&p.tasks_per_node) {
-            return err("tasks_per_node", "must be between 1 and 64".into());
+        if !(1..=256).contains(&p.tasks_per_node) {
+            return err("tasks_per_node", "must be between 1 and 256".into());
         }
         if !(1..=512).contains(&p.cores) {
             return err("cores", "must be between 1 and 512".into());

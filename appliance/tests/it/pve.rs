@@ -404,8 +404,8 @@ async fn pve_whole_lifecycle_against_the_simulator() {
 async fn pve_faults_end_every_operation_done_or_undone() {
     let sim = Sim::start(0.05, |c| {
         c.faults = FaultConfig {
-            rate: 0.06,
-            seed: 7,
+            rate: 0.12,
+            seed: 11,
             kinds: vec![
                 FaultKind::Refused595,
                 FaultKind::Timeout596,

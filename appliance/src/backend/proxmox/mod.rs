@@ -1287,6 +1287,18 @@ impl Backend for ProxmoxBackend {
                     }
                     Err(e) => {
                         me.unmark_active(&inst.id);
+                        if !e.retryable() {
+                            // Nothing will retry: the VM does not run on
+                            // for an instance that failed (the job's undo
+                            // cannot find it, as no ref was stored).
+                            if let Err(s) = me.hard_stop(&t.vm).await {
+                                log.warn(&format!(
+                                    "cannot stop VM {} after the failed start: {}",
+                                    t.vm.vmid,
+                                    error_chain(&s)
+                                ));
+                            }
+                        }
                         Err(e)
                     }
                 }

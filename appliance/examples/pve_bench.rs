@@ -4,8 +4,8 @@
 //!
 //! ```sh
 //! export CARGO_TARGET_DIR=...   # as for the build
-//! cargo build -p daas-appliance --bin daas-appliance --example pve_bench
-//! $CARGO_TARGET_DIR/debug/examples/pve_bench [N] [TASK_SECS] [SETUP_LIMIT] [WARM_SAMPLE]
+//! cargo build --release -p daas-appliance --bin daas-appliance --example pve_bench
+//! $CARGO_TARGET_DIR/release/examples/pve_bench [N] [TASK_SECS] [SETUP_LIMIT] [WARM_SAMPLE]
 //! ```
 //!
 //! Phases (the appliance is the real binary, the simulator runs in this

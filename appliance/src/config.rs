@@ -318,6 +318,110 @@ pub struct Backends {
     pub local: LocalBackend,
     /// `[backends.docker]`.
     pub docker: DockerBackend,
+    /// `[backends.proxmox]`.
+    pub proxmox: ProxmoxBackend,
+}
+
+/// `[backends.proxmox]`: desktops as VMs of a Proxmox VE cluster, through
+/// its REST API (docs/proxmox.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxmoxBackend {
+    /// Whether the backend is on.
+    pub enabled: bool,
+    /// A node's API address, `https://HOST:8006` (any node of the cluster).
+    pub url: String,
+    /// The API token file: one line `USER@REALM!TOKENID=SECRET` (or the
+    /// secret alone with `token_id`), mode 600.
+    pub token_file: PathBuf,
+    /// The token id, when `token_file` holds only the secret.
+    pub token_id: Option<String>,
+    /// The SHA-256 fingerprint of the node's certificate (`AA:BB:...`).
+    pub fingerprint: Option<String>,
+    /// A CA certificate file (PEM) the node's certificate chains to.
+    pub ca_file: Option<PathBuf>,
+    /// The node new VMs are made on (where the templates are).
+    pub node: String,
+    /// Storage for full clones (where linked ones are impossible); default:
+    /// the source's.
+    pub storage: Option<String>,
+    /// The bridge of every desktop VM's `net0`.
+    pub bridge: String,
+    /// A pool new VMs go into (the token's privileges may be on it).
+    pub pool: Option<String>,
+    /// Tasks in flight per node (parallel clones hit PVE's lock timeouts).
+    pub tasks_per_node: usize,
+    /// Cores of an Environment VM whose spec has none.
+    pub cores: u32,
+    /// Memory of an Environment VM whose spec has none, MiB.
+    pub memory_mib: u32,
+    /// The marks' scope: the tag `daas-<scope>` on every VM made, so
+    /// appliances sharing a cluster tell theirs apart; default: made at
+    /// first start and kept in `<state_dir>/proxmox/scope`.
+    pub scope: Option<String>,
+    /// Launch apps and run ConfigAuto scripts through the guest-proxy
+    /// (SSH to the VM's address). Off: instances are the resumed VM only
+    /// (the simulator's VMs have no guest).
+    pub guest: bool,
+    /// The guest-proxy's SSH login user and port.
+    pub guest_user: String,
+    /// The guest's SSH port.
+    pub guest_port: u16,
+    /// Seconds to wait for the guest-proxy to answer after a start.
+    pub guest_timeout_secs: u64,
+    /// The desktop's user in the guest (apps are spawned as it).
+    pub desktop_user: String,
+    /// The X display the guest's VNC server serves.
+    pub display: String,
+    /// The TCP port of the guest's VNC server (on the VM's address).
+    pub vnc_port: u16,
+    /// Warm instances kept per App (0 or 1: an App runs on its
+    /// Deployment's VM, which holds one instance at a time).
+    pub warm_pool: u32,
+    /// Warm instances kept in all (bounds the pool's VMs and RAM).
+    pub warm_pool_max: u32,
+    /// Seconds a clean shutdown may take before the VM is stopped hard.
+    pub shutdown_timeout_secs: u64,
+    /// Seconds one API request may take.
+    pub request_timeout_secs: u64,
+    /// First wait between task status polls, ms.
+    pub poll_initial_ms: u64,
+    /// Longest wait between task status polls, ms.
+    pub poll_max_ms: u64,
+}
+
+impl Default for ProxmoxBackend {
+    fn default() -> Self {
+        ProxmoxBackend {
+            enabled: false,
+            url: String::new(),
+            token_file: PathBuf::from("/etc/daas/pve.token"),
+            token_id: None,
+            fingerprint: None,
+            ca_file: None,
+            node: "pve".into(),
+            storage: None,
+            bridge: "vmbr1".into(),
+            pool: None,
+            tasks_per_node: 4,
+            cores: 2,
+            memory_mib: 2048,
+            scope: None,
+            guest: true,
+            guest_user: "daas-proxy".into(),
+            guest_port: 22,
+            guest_timeout_secs: 120,
+            desktop_user: "daas".into(),
+            display: ":0".into(),
+            vnc_port: 5900,
+            warm_pool: 0,
+            warm_pool_max: 16,
+            shutdown_timeout_secs: 30,
+            request_timeout_secs: 60,
+            poll_initial_ms: 100,
+            poll_max_ms: 2000,
+        }
+    }
 }
 
 /// `[backends.docker]`: desktops as containers of a Docker Engine reached
@@ -646,6 +750,7 @@ impl Config {
         if d.enabled && !d.socket.is_absolute() {
             return err("socket", "must be an absolute path".into());
         }
+        self.validate_proxmox(&err)?;
         if !self.paths.state_dir.is_absolute() {
             return err("state_dir", "must be an absolute path".into());
         }
@@ -703,6 +808,112 @@ fn key_at(text: &str, line: usize) -> Option<String> {
 }
 
 /// The line of the first `key =` assignment, for errors found after parsing.
+impl Config {
+    fn validate_proxmox(
+        &self,
+        err: &dyn Fn(&str, String) -> Result<(), ConfigError>,
+    ) -> Result<(), ConfigError> {
+        let p = &self.backends.proxmox;
+        if let Some(s) = &p.scope {
+            if s.is_empty()
+                || s.len() > 32
+                || !s
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            {
+                return err(
+                    "scope",
+                    "1 to 32 lowercase letters, digits or '-' (it becomes a Proxmox VE tag)".into(),
+                );
+            }
+        }
+        if !p.enabled {
+            return Ok(());
+        }
+        if !p.url.starts_with("https://") {
+            return err(
+                "url",
+                format!(
+                    "[backends.proxmox] needs the node's https:// address (https://HOST:8006), not {:?}",
+                    p.url
+                ),
+            );
+        }
+        if !p.token_file.is_absolute() {
+            return err("token_file", "must be an absolute path".into());
+        }
+        if let Some(id) = &p.token_id {
+            if id.parse::<daas_proxmox::TokenId>().is_err() {
+                return err("token_id", format!("{id:?} is not USER@REALM!TOKENID"));
+            }
+        }
+        match (&p.fingerprint, &p.ca_file) {
+            (None, None) => {
+                return err(
+                    "url",
+                    "[backends.proxmox] needs fingerprint = \"AA:BB:...\" (pvenode cert info) or ca_file = \"/path/pve-root-ca.pem\"".into(),
+                );
+            }
+            (Some(_), Some(_)) => {
+                return err(
+                    "fingerprint",
+                    "give fingerprint or ca_file, not both".into(),
+                );
+            }
+            (Some(f), None) => {
+                if f.parse::<daas_proxmox::Fingerprint>().is_err() {
+                    return err(
+                        "fingerprint",
+                        "expected a SHA-256 fingerprint: 32 hex bytes, colons optional".into(),
+                    );
+                }
+            }
+            (None, Some(c)) => {
+                if !c.is_absolute() {
+                    return err("ca_file", "must be an absolute path".into());
+                }
+            }
+        }
+        let dns = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 63
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        };
+        if !dns(&p.node) {
+            return err("node", format!("{:?} is not a node name", p.node));
+        }
+        if !dns(&p.bridge) {
+            return err("bridge", format!("{:?} is not a bridge name", p.bridge));
+        }
+        if !(1..=256).contains(&p.tasks_per_node) {
+            return err("tasks_per_node", "must be between 1 and 256".into());
+        }
+        if !(1..=512).contains(&p.cores) {
+            return err("cores", "must be between 1 and 512".into());
+        }
+        if p.memory_mib < 16 {
+            return err("memory_mib", "must be at least 16".into());
+        }
+        if p.warm_pool > 1 {
+            return err(
+                "warm_pool",
+                "0 or 1: an App runs on its Deployment's VM, which holds one instance at a time (docs/proxmox.md, warm pool)".into(),
+            );
+        }
+        if p.request_timeout_secs == 0
+            || p.poll_initial_ms == 0
+            || p.poll_max_ms < p.poll_initial_ms
+        {
+            return err(
+                "request_timeout_secs",
+                "timeouts must be positive and poll_max_ms >= poll_initial_ms".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 fn find_key(text: &str, key: &str) -> (usize, usize) {
     for (i, l) in text.lines().enumerate() {
         let t = l.trim_start();
@@ -777,6 +988,27 @@ mod tests {
                 2,
                 "socket_path",
             ),
+            (
+                "[backends.proxmox]\nenabled = true\nurl = \"http://pve:8006\"\nfingerprint = \"00\"\n",
+                3,
+                "https://",
+            ),
+            (
+                "[backends.proxmox]\nenabled = true\nurl = \"https://pve:8006\"\n",
+                3,
+                "fingerprint",
+            ),
+            (
+                "[backends.proxmox]\nenabled = true\nurl = \"https://pve:8006\"\nfingerprint = \"zz\"\n",
+                4,
+                "SHA-256",
+            ),
+            (
+                "[backends.proxmox]\nwarm_pool = 3\nenabled = true\nurl = \"https://pve:8006\"\nca_file = \"/ca.pem\"\n",
+                2,
+                "warm_pool",
+            ),
+            ("[backends.proxmox]\ntoken = \"x\"\n", 2, "token"),
             ("[server\n", 1, ""),
         ];
         for (text, line, needle) in cases {

@@ -100,6 +100,7 @@ pub struct Appliance {
     events: tokio::sync::mpsc::UnboundedReceiver<backend::BackendEvent>,
     shutdown: CancellationToken,
     local_agent: Option<nodes::agent::AgentLeases>,
+    backends: Backends,
 }
 
 /// Checks that `dir` exists (creating it) and is writable.
@@ -133,6 +134,16 @@ impl Appliance {
 
         let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
         let mut backends = Backends::default();
+        let local_agent = cfg.agent.socket.as_ref().map(|socket| {
+            let client = nodes::agent::AgentClient::unix(
+                socket.clone(),
+                Duration::from_secs(cfg.agent.timeout_secs),
+            );
+            nodes::agent::AgentLeases::new(client, store.clone(), "")
+        });
+        if let Some(l) = &local_agent {
+            backends.set_leases(Arc::new(l.clone()));
+        }
         if cfg.backends.local.enabled {
             let local = backend::local::LocalBackend::new(
                 cfg.backends.local.clone(),
@@ -168,16 +179,24 @@ impl Appliance {
             })?;
             backends.insert(Arc::new(docker));
         }
-
-        let local_agent = cfg.agent.socket.as_ref().map(|socket| {
-            let client = nodes::agent::AgentClient::unix(
-                socket.clone(),
-                Duration::from_secs(cfg.agent.timeout_secs),
-            );
-            nodes::agent::AgentLeases::new(client, store.clone(), "")
-        });
-        if let Some(l) = &local_agent {
-            backends.set_leases(Arc::new(l.clone()));
+        if cfg.backends.proxmox.enabled {
+            let pve = backend::proxmox::ProxmoxBackend::new(
+                cfg.backends.proxmox.clone(),
+                &cfg.paths.state_dir,
+                backends.leases().cloned(),
+                guest_key.clone(),
+                Arc::new(store.clone()),
+            )
+            .map_err(|source| StartError::Backend {
+                backend: "proxmox",
+                source,
+            })?;
+            use backend::Backend as _;
+            pve.check().await.map_err(|source| StartError::Backend {
+                backend: "proxmox",
+                source,
+            })?;
+            backends.insert(Arc::new(pve));
         }
 
         let engine = Engine::new(store.clone(), backends.clone(), cfg.jobs.clone());
@@ -248,6 +267,7 @@ impl Appliance {
             events,
             shutdown,
             local_agent,
+            backends,
         })
     }
 
@@ -301,6 +321,7 @@ impl Appliance {
             shutdown,
             tls_fingerprint,
             local_agent,
+            backends,
         } = self;
 
         // Crash leftovers first: reap orphaned sessions, then resume jobs.
@@ -376,6 +397,9 @@ impl Appliance {
             }
         };
         let _ = tokio::join!(drained, served, tunnels);
+        for b in backends.iter() {
+            b.shutdown().await;
+        }
         // Heartbeats answered since the last second's write.
         if let Err(e) = state.nodes.flush() {
             warn!(error = %jobs::error_chain(&e), "heartbeats not written at shutdown");

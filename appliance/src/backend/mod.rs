@@ -21,6 +21,7 @@ use crate::model::{BackendKind, Connection, Instance, Object, Script};
 
 pub mod docker;
 pub mod local;
+pub mod proxmox;
 
 /// What a backend can do, declared by it.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize, PartialEq, Eq)]
@@ -215,6 +216,10 @@ pub trait Backend: Send + Sync {
 
     /// Removes something of ours the store does not know.
     async fn remove_orphan(&self, orphan: &Orphan) -> Result<(), BackendError>;
+
+    /// The appliance is shutting down: release what is kept ahead of
+    /// demand (a warm pool). Instances of users stay.
+    async fn shutdown(&self) {}
 }
 
 /// The configured backends, by kind, and the capabilities they share.

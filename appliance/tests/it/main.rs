@@ -10,4 +10,5 @@ mod guest;
 mod harness;
 mod lifecycle;
 mod nodes;
+mod pve;
 mod tunnel;

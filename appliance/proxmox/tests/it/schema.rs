@@ -31,7 +31,15 @@ pub(crate) struct Schema {
 }
 
 pub(crate) fn schema_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/pve-api-schema.json")
+    // `../shared/data` beside the workspace (the one with Cargo.lock); this
+    // file is also compiled into the appliance's tests.
+    let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    while !dir.join("Cargo.lock").exists() {
+        if !dir.pop() {
+            break;
+        }
+    }
+    dir.join("../shared/data/pve-api-schema.json")
 }
 
 /// The schema, loaded once per test binary.

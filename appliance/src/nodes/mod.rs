@@ -501,7 +501,7 @@ impl Nodes {
                 _ = stop.cancelled() => return,
             }
             tick += 1;
-            let r = if tick % every == 0 {
+            let r = if tick.is_multiple_of(every) {
                 self.sweep(now()).map(drop)
             } else {
                 self.flush()

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use daas_appliance::backend::*;
-use daas_appliance::jobs::{Engine, JobLog};
+use daas_appliance::jobs::{Engine, JobLog, LogEvent};
 use daas_appliance::lifecycle::{Lifecycle, NewObject};
 use daas_appliance::model::*;
 use daas_appliance::store::Store;
@@ -80,12 +80,24 @@ impl Backend for Null {
     }
 }
 
-async fn wait(store: &Store, id: &str) {
+/// Waits for the job's end as the log stream does: its `Finished` event
+/// (the store is checked first, for a job that ended before we subscribed).
+/// No polling: a timer's millisecond granularity would be measured instead.
+async fn wait(engine: &Engine, store: &Store, id: &str) {
     loop {
+        let mut rx = engine.hub().subscribe(id);
         if store.job(id).unwrap().state.is_final() {
             return;
         }
-        tokio::time::sleep(Duration::from_micros(50)).await;
+        loop {
+            match tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+                Ok(Ok(LogEvent::Finished(_))) => return,
+                Ok(Ok(_)) => {}
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+                // The channel went away or nothing came: ask the store.
+                _ => break,
+            }
+        }
     }
 }
 
@@ -130,7 +142,7 @@ async fn main() {
     let b = lc
         .create_baseimage(&admin, new("b", Spec::default()))
         .unwrap();
-    wait(&store, &b.job.id).await;
+    wait(&engine, &store, &b.job.id).await;
     let e = lc
         .derive(
             &admin,
@@ -139,7 +151,7 @@ async fn main() {
             new("e", Spec::default()),
         )
         .unwrap();
-    wait(&store, &e.job.id).await;
+    wait(&engine, &store, &e.job.id).await;
     let d = lc
         .derive(
             &admin,
@@ -148,7 +160,7 @@ async fn main() {
             new("d", Spec::default()),
         )
         .unwrap();
-    wait(&store, &d.job.id).await;
+    wait(&engine, &store, &d.job.id).await;
     let a = lc
         .derive(
             &admin,
@@ -166,7 +178,7 @@ async fn main() {
             },
         )
         .unwrap();
-    wait(&store, &a.job.id).await;
+    wait(&engine, &store, &a.job.id).await;
 
     // Sequential: 1,000 transitions = 500 × (open → running, stop → stopped).
     let mut lat = Vec::with_capacity(1000);
@@ -174,11 +186,11 @@ async fn main() {
     for _ in 0..500 {
         let t = Instant::now();
         let o = lc.open(&admin, &a.item.id).unwrap();
-        wait(&store, &o.job.id).await;
+        wait(&engine, &store, &o.job.id).await;
         lat.push(t.elapsed());
         let t = Instant::now();
         let s = lc.stop(&admin, &o.item.id).unwrap();
-        wait(&store, &s.job.id).await;
+        wait(&engine, &store, &s.job.id).await;
         lat.push(t.elapsed());
     }
     let seq_total = t0.elapsed();
@@ -205,7 +217,7 @@ async fn main() {
                 ),
             )
             .unwrap();
-        wait(&store, &b.job.id).await;
+        wait(&engine, &store, &b.job.id).await;
         obj_lat.push(t.elapsed());
     }
     println!(
@@ -246,17 +258,18 @@ async fn main() {
     for u in users {
         let lc = lc.clone();
         let store = store.clone();
+        let engine = engine.clone();
         let app = a.item.id.clone();
         handles.push(tokio::spawn(async move {
             let mut l = Vec::new();
             for _ in 0..5 {
                 let t = Instant::now();
                 let o = lc.open(&u, &app).unwrap();
-                wait(&store, &o.job.id).await;
+                wait(&engine, &store, &o.job.id).await;
                 l.push(t.elapsed());
                 let t = Instant::now();
                 let s = lc.stop(&u, &o.item.id).unwrap();
-                wait(&store, &s.job.id).await;
+                wait(&engine, &store, &s.job.id).await;
                 l.push(t.elapsed());
             }
             l

@@ -153,6 +153,30 @@ fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
     Ok(c)
 }
 
+/// Checkpoints the WAL every 200 ms (passive: never waits for readers or
+/// the writer) while the store is open, and once more, truncating, when it
+/// is dropped.
+fn spawn_checkpointer(store: std::sync::Weak<Inner>, c: Connection) {
+    let pass = move |mode: &str| {
+        if let Err(e) = c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("store-checkpoint".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(200));
+            if store.strong_count() == 0 {
+                pass("TRUNCATE");
+                return;
+            }
+            pass("PASSIVE");
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no checkpoint thread: the WAL grows until the next start");
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub fn open(path: &Path) -> Result<Store> {
@@ -162,17 +186,24 @@ impl Store {
         };
         let mut writer = open_conn(path).map_err(open_err)?;
         migrate(&mut writer)?;
+        // Checkpoints (copying the WAL into the database, with an fsync)
+        // run on a thread of their own, not in whichever commit crossed the
+        // threshold: commits stay short.
+        writer
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(open_err)?;
+        let checkpointer = open_conn(path).map_err(open_err)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             readers.push(Mutex::new(open_conn(path).map_err(open_err)?));
         }
-        Ok(Store {
-            inner: Arc::new(Inner {
-                path: path.to_owned(),
-                writer: Mutex::new(writer),
-                readers,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            path: path.to_owned(),
+            writer: Mutex::new(writer),
+            readers,
+        });
+        spawn_checkpointer(Arc::downgrade(&inner), checkpointer);
+        Ok(Store { inner })
     }
 
     /// The database file.

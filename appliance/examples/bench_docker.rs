@@ -97,7 +97,10 @@ impl Http {
         let v = self
             .post(&format!("/api/v1/instances/{iid}/stop"), None)
             .await;
-        let j = self.job(v["job"]["id"].as_str().unwrap()).await;
+        let id = v["job"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("stop {iid}: {v}"));
+        let j = self.job(id).await;
         assert_eq!(j["state"], "succeeded", "{j}");
     }
 }
@@ -172,6 +175,14 @@ async fn main() {
          [demo]\nbackend = \"docker\"\n",
         dir.path().join("state").display()
     );
+    // The admin first: the demo catalogue is seeded as the first admin, so
+    // the benchmark may add Apps to its Deployment.
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    let store = daas_appliance::store::Store::open(&dir.path().join("state/daas.db")).unwrap();
+    let hash = daas_appliance::auth::hash_password("bench-password").unwrap();
+    store
+        .create_user("bench", daas_appliance::model::Role::Admin, &hash)
+        .unwrap();
     let cfg = Config::from_toml(&text, std::path::Path::new("bench.toml")).unwrap();
     let workers = cfg.jobs.workers;
     let app = Appliance::build(
@@ -186,11 +197,6 @@ async fn main() {
     let base = app.url();
     let stop = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());
-    let store = daas_appliance::store::Store::open(&dir.path().join("state/daas.db")).unwrap();
-    let hash = daas_appliance::auth::hash_password("bench-password").unwrap();
-    store
-        .create_user("bench", daas_appliance::model::Role::Admin, &hash)
-        .unwrap();
     let admin = Http::login(&base, "bench", "bench-password").await;
     let xterm = loop {
         let v = admin.get("/api/v1/apps").await;
@@ -252,7 +258,10 @@ async fn main() {
                     "spec": {"command": ["xterm"], "resources": {"memory_mib": 256, "pids": 128}}})),
             )
             .await;
-        let j = admin.job(v["job"]["id"].as_str().unwrap()).await;
+        let id = v["job"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("app {i}: {v}"));
+        let j = admin.job(id).await;
         assert_eq!(j["state"], "succeeded", "{j}");
         apps.push(v["object"]["id"].as_str().unwrap().to_owned());
     }

@@ -269,3 +269,12 @@ impl Ord for BackendKind {
         self.as_str().cmp(other.as_str())
     }
 }
+
+/// Ids become container, VM and network names and tags: keep only what a
+/// UUID can hold.
+pub(crate) fn safe_id(id: &str) -> String {
+    id.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}

@@ -29,6 +29,7 @@
 //! - A per-user lock orders network creation, container creation and
 //!   network removal, so a network is removed only with no container on it.
 
+use super::safe_id;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -98,14 +99,6 @@ fn container_name(instance_id: &str) -> String {
 
 fn network_name(user_id: &str) -> String {
     format!("daas-user-{}", safe_id(user_id))
-}
-
-/// Ids become names: keep only what a UUID can hold.
-fn safe_id(id: &str) -> String {
-    id.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-        .map(|c| c.to_ascii_lowercase())
-        .collect()
 }
 
 /// Maps an API error onto the backend's: an unreachable engine may come

@@ -31,6 +31,7 @@
 
 mod pool;
 
+use super::safe_id;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -130,14 +131,6 @@ fn instance_tag(instance_id: &str) -> String {
 
 fn app_tag(app_id: &str) -> String {
     format!("a-{}", safe_id(app_id))
-}
-
-/// Ids become names and tags: keep only what a UUID can hold.
-fn safe_id(id: &str) -> String {
-    id.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-        .map(|c| c.to_ascii_lowercase())
-        .collect()
 }
 
 /// The fixed MAC of an object's VM: locally administered, unicast, from a
